@@ -1,0 +1,754 @@
+//! The directive table: name, context, arity and value parser for every directive, and the
+//! defaults, all in one place (nginx's `ngx_command_t` plus `merge_loc_conf`). Turns the
+//! lexer's tokens into a tree of blocks, then the tree into a typed [`Config`].
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::lexer::{tokenize, Env, Spanned, Token};
+use super::{
+    Addressing, Config, Endpoint, Handler, Http, Location, LocationMatch, LogLevel, LogTarget,
+    Scheme, S3,
+};
+
+/// An error at a 1-based line.
+type Error = (usize, String);
+
+pub(super) fn parse(src: &str, env: &dyn Env) -> Result<Config, Error> {
+    let tokens = tokenize(src, env).map_err(|e| (e.line, e.msg))?;
+    let last_line = tokens.last().map_or(1, |t| t.line);
+    let mut iter = tokens.into_iter().peekable();
+    let nodes = tree(&mut iter, None)?;
+    main(&nodes, last_line)
+}
+
+struct Node {
+    name: String,
+    args: Vec<String>,
+    line: usize,
+    block: Option<Vec<Node>>,
+}
+
+fn tree(
+    tokens: &mut std::iter::Peekable<std::vec::IntoIter<Spanned>>,
+    open_line: Option<usize>,
+) -> Result<Vec<Node>, Error> {
+    let mut nodes = Vec::new();
+    loop {
+        let Some(first) = tokens.next() else {
+            return match open_line {
+                Some(line) => Err((line, "unexpected end of file, expecting \"}\"".into())),
+                None => Ok(nodes),
+            };
+        };
+        let name = match first.token {
+            Token::Word(w) => w,
+            Token::Close if open_line.is_some() => return Ok(nodes),
+            Token::Close => return Err((first.line, "unexpected \"}\"".into())),
+            Token::Semicolon => return Err((first.line, "unexpected \";\"".into())),
+            Token::Open => return Err((first.line, "unexpected \"{\"".into())),
+        };
+        let mut args = Vec::new();
+        loop {
+            let Some(t) = tokens.next() else {
+                return Err((
+                    first.line,
+                    "unexpected end of file, expecting \";\" or \"}\"".into(),
+                ));
+            };
+            match t.token {
+                Token::Word(w) => args.push(w),
+                Token::Semicolon => {
+                    nodes.push(Node {
+                        name,
+                        args,
+                        line: first.line,
+                        block: None,
+                    });
+                    break;
+                }
+                Token::Open => {
+                    let block = tree(tokens, Some(first.line))?;
+                    nodes.push(Node {
+                        name,
+                        args,
+                        line: first.line,
+                        block: Some(block),
+                    });
+                    break;
+                }
+                Token::Close => return Err((t.line, "unexpected \"}\"".into())),
+            }
+        }
+    }
+}
+
+// === the table ===
+
+#[derive(Clone, Copy)]
+enum Ctx {
+    Main,
+    Http,
+    S3,
+    Location,
+}
+
+struct Spec {
+    name: &'static str,
+    ctx: Ctx,
+    /// Inclusive bounds on the argument count.
+    args: (usize, usize),
+    block: bool,
+    /// May appear more than once in its block.
+    multi: bool,
+}
+
+const fn d(name: &'static str, ctx: Ctx, min: usize, max: usize) -> Spec {
+    Spec {
+        name,
+        ctx,
+        args: (min, max),
+        block: false,
+        multi: false,
+    }
+}
+
+const SPECS: &[Spec] = &[
+    d("worker_threads", Ctx::Main, 1, 1),
+    d("error_log", Ctx::Main, 1, 2),
+    d("pid", Ctx::Main, 1, 1),
+    d("shutdown_timeout", Ctx::Main, 1, 1),
+    Spec {
+        block: true,
+        ..d("http", Ctx::Main, 0, 0)
+    },
+    Spec {
+        multi: true,
+        ..d("listen", Ctx::Http, 1, 1)
+    },
+    d("access_log", Ctx::Http, 1, 1),
+    d("worker_connections", Ctx::Http, 1, 1),
+    d("client_header_timeout", Ctx::Http, 1, 1),
+    d("client_header_buffer_size", Ctx::Http, 1, 1),
+    d("keepalive_timeout", Ctx::Http, 1, 1),
+    d("keepalive_requests", Ctx::Http, 1, 1),
+    d("send_timeout", Ctx::Http, 1, 1),
+    d("relay_buffer_size", Ctx::Http, 1, 1),
+    d("manifest_cache_ttl", Ctx::Http, 1, 1),
+    d("manifest_cache_size", Ctx::Http, 1, 1),
+    d("max_ranges", Ctx::Http, 1, 1),
+    d("tail_cache_size", Ctx::Http, 1, 1),
+    Spec {
+        block: true,
+        multi: true,
+        ..d("s3", Ctx::Http, 1, 1)
+    },
+    Spec {
+        block: true,
+        multi: true,
+        ..d("location", Ctx::Http, 1, 2)
+    },
+    d("endpoint", Ctx::S3, 1, 1),
+    d("region", Ctx::S3, 1, 1),
+    d("bucket", Ctx::S3, 1, 1),
+    d("addressing", Ctx::S3, 1, 1),
+    d("access_key_id", Ctx::S3, 1, 1),
+    d("secret_access_key", Ctx::S3, 1, 1),
+    d("session_token", Ctx::S3, 1, 1),
+    d("tls_ca_file", Ctx::S3, 1, 1),
+    d("connect_timeout", Ctx::S3, 1, 1),
+    d("read_timeout", Ctx::S3, 1, 1),
+    d("keepalive", Ctx::S3, 1, 1),
+    d("keepalive_timeout", Ctx::S3, 1, 1),
+    d("retries", Ctx::S3, 1, 1),
+    d("retry_backoff", Ctx::S3, 1, 1),
+    d("composite", Ctx::Location, 1, 1),
+    d("object", Ctx::Location, 1, 1),
+    d("stub_status", Ctx::Location, 0, 0),
+    d("metrics", Ctx::Location, 0, 0),
+];
+
+/// Checks name, context, arity, block shape and duplicates of every node of one block.
+fn check_block(nodes: &[Node], ctx: Ctx) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    for n in nodes {
+        let spec = SPECS.iter().find(|s| {
+            s.name == n.name && std::mem::discriminant(&s.ctx) == std::mem::discriminant(&ctx)
+        });
+        let Some(spec) = spec else {
+            return Err(if SPECS.iter().any(|s| s.name == n.name) {
+                (
+                    n.line,
+                    format!("\"{}\" directive is not allowed here", n.name),
+                )
+            } else {
+                (n.line, format!("unknown directive \"{}\"", n.name))
+            });
+        };
+        if spec.block != n.block.is_some() {
+            let msg = if spec.block {
+                format!("directive \"{}\" has no opening \"{{\"", n.name)
+            } else {
+                format!("directive \"{}\" is not terminated by \";\"", n.name)
+            };
+            return Err((n.line, msg));
+        }
+        if n.args.len() < spec.args.0 || n.args.len() > spec.args.1 {
+            return Err((
+                n.line,
+                format!("invalid number of arguments in \"{}\" directive", n.name),
+            ));
+        }
+        if !spec.multi && !seen.insert(n.name.as_str()) {
+            return Err((n.line, format!("\"{}\" directive is duplicate", n.name)));
+        }
+    }
+    Ok(())
+}
+
+fn find<'a>(nodes: &'a [Node], name: &str) -> Option<&'a Node> {
+    nodes.iter().find(|n| n.name == name)
+}
+
+/// Applies `parse` to the single argument of directive `name` when present, else `default`.
+fn value<T>(
+    nodes: &[Node],
+    name: &str,
+    default: T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, Error> {
+    match find(nodes, name) {
+        Some(n) => {
+            parse(&n.args[0]).map_err(|msg| (n.line, format!("{msg} in \"{name}\" directive")))
+        }
+        None => Ok(default),
+    }
+}
+
+// === main and http ===
+
+fn main(nodes: &[Node], last_line: usize) -> Result<Config, Error> {
+    check_block(nodes, Ctx::Main)?;
+    let worker_threads = value(nodes, "worker_threads", 0, |v| {
+        if v == "auto" {
+            Ok(0)
+        } else {
+            positive(v)
+        }
+    })?;
+    let worker_threads = if worker_threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        worker_threads
+    };
+    let error_log = match find(nodes, "error_log") {
+        Some(n) => {
+            let target = match n.args[0].as_str() {
+                "stderr" => LogTarget::Stderr,
+                path => LogTarget::File(PathBuf::from(path)),
+            };
+            let level = match n.args.get(1).map(String::as_str) {
+                None | Some("error") | Some("crit") | Some("alert") | Some("emerg") => {
+                    LogLevel::Error
+                }
+                Some("warn") => LogLevel::Warn,
+                Some("notice") => LogLevel::Notice,
+                Some("info") => LogLevel::Info,
+                Some("debug") => LogLevel::Debug,
+                Some(other) => {
+                    return Err((n.line, format!("invalid log level \"{other}\"")));
+                }
+            };
+            (target, level)
+        }
+        None => (LogTarget::Stderr, LogLevel::Error),
+    };
+    let pid = value(nodes, "pid", None, |v| Ok(Some(PathBuf::from(v))))?;
+    let shutdown_timeout = value(nodes, "shutdown_timeout", Duration::from_secs(60), time)?;
+    let Some(http_node) = find(nodes, "http") else {
+        return Err((last_line, "no \"http\" block".into()));
+    };
+    let http = http(http_node)?;
+    Ok(Config {
+        worker_threads,
+        error_log,
+        pid,
+        shutdown_timeout,
+        http,
+    })
+}
+
+fn http(node: &Node) -> Result<Http, Error> {
+    let nodes = node.block.as_deref().unwrap_or(&[]);
+    check_block(nodes, Ctx::Http)?;
+    let mut listen = Vec::new();
+    for n in nodes.iter().filter(|n| n.name == "listen") {
+        listen.push(listen_addr(&n.args[0]).map_err(|m| (n.line, m))?);
+    }
+    if listen.is_empty() {
+        return Err((
+            node.line,
+            "no \"listen\" directive in \"http\" block".into(),
+        ));
+    }
+    let mut s3 = Vec::new();
+    for n in nodes.iter().filter(|n| n.name == "s3") {
+        if s3.iter().any(|s: &S3| s.name == n.args[0]) {
+            return Err((n.line, format!("duplicate s3 block \"{}\"", n.args[0])));
+        }
+        s3.push(s3_block(n)?);
+    }
+    let mut locations: Vec<Location> = Vec::new();
+    for n in nodes.iter().filter(|n| n.name == "location") {
+        let loc = location(n, &s3)?;
+        if locations.iter().any(|l| l.matcher == loc.matcher) {
+            return Err((n.line, "duplicate location".into()));
+        }
+        locations.push(loc);
+    }
+    let kb = |k: usize| k * 1024;
+    let client_header_buffer_size = value(nodes, "client_header_buffer_size", kb(8), |v| {
+        at_least(size(v)?, 256)
+    })?;
+    Ok(Http {
+        listen,
+        access_log: value(nodes, "access_log", None, |v| {
+            Ok((v != "off").then(|| PathBuf::from(v)))
+        })?,
+        worker_connections: value(nodes, "worker_connections", 10240, positive)?,
+        client_header_timeout: value(nodes, "client_header_timeout", secs(60), time)?,
+        client_header_buffer_size,
+        keepalive_timeout: value(nodes, "keepalive_timeout", secs(75), time)?,
+        keepalive_requests: value(nodes, "keepalive_requests", 1000, |v| {
+            positive(v).map(|n| n as u64)
+        })?,
+        send_timeout: value(nodes, "send_timeout", secs(60), time)?,
+        relay_buffer_size: value(nodes, "relay_buffer_size", kb(64), |v| {
+            at_least(size(v)?, 4096)
+        })?,
+        manifest_cache_ttl: value(nodes, "manifest_cache_ttl", secs(5), time)?,
+        manifest_cache_size: value(nodes, "manifest_cache_size", 1024, number)?,
+        max_ranges: value(nodes, "max_ranges", 16, positive)?,
+        tail_cache_size: value(nodes, "tail_cache_size", 0, |v| size(v).map(|n| n as u64))?,
+        s3,
+        locations,
+    })
+}
+
+fn location(node: &Node, s3: &[S3]) -> Result<Location, Error> {
+    let matcher = match node.args.as_slice() {
+        [p] => LocationMatch::Prefix(p.clone()),
+        [eq, p] if eq == "=" => LocationMatch::Exact(p.clone()),
+        [m, _] => return Err((node.line, format!("invalid location modifier \"{m}\""))),
+        _ => {
+            return Err((
+                node.line,
+                "invalid number of arguments in \"location\" directive".into(),
+            ))
+        }
+    };
+    let path = match &matcher {
+        LocationMatch::Exact(p) | LocationMatch::Prefix(p) => p,
+    };
+    if !path.starts_with('/') {
+        return Err((
+            node.line,
+            format!("location \"{path}\" must start with \"/\""),
+        ));
+    }
+    let nodes = node.block.as_deref().unwrap_or(&[]);
+    check_block(nodes, Ctx::Location)?;
+    let mut handler = None;
+    for n in nodes {
+        if handler.is_some() {
+            return Err((
+                n.line,
+                "only one of \"composite\", \"object\", \"stub_status\", \"metrics\" per location"
+                    .into(),
+            ));
+        }
+        let by_name = |kind: fn(usize) -> Handler| {
+            s3.iter()
+                .position(|s| s.name == n.args[0])
+                .map(kind)
+                .ok_or_else(|| (n.line, format!("no s3 block named \"{}\"", n.args[0])))
+        };
+        handler = Some(match n.name.as_str() {
+            "composite" => by_name(Handler::Composite)?,
+            "object" => by_name(Handler::Object)?,
+            "stub_status" => Handler::StubStatus,
+            _ => Handler::Metrics,
+        });
+    }
+    let Some(handler) = handler else {
+        return Err((
+            node.line,
+            "location has no handler (composite, object, stub_status or metrics)".into(),
+        ));
+    };
+    Ok(Location { matcher, handler })
+}
+
+fn s3_block(node: &Node) -> Result<S3, Error> {
+    let nodes = node.block.as_deref().unwrap_or(&[]);
+    check_block(nodes, Ctx::S3)?;
+    let required = |name: &str| -> Result<&Node, Error> {
+        find(nodes, name).ok_or_else(|| {
+            (
+                node.line,
+                format!("no \"{name}\" directive in s3 block \"{}\"", node.args[0]),
+            )
+        })
+    };
+    let endpoint_node = required("endpoint")?;
+    let endpoint = endpoint(&endpoint_node.args[0])
+        .map_err(|m| (endpoint_node.line, format!("{m} in \"endpoint\" directive")))?;
+    let bucket = required("bucket")?.args[0].clone();
+    let addressing = value(nodes, "addressing", Addressing::Path, |v| match v {
+        "path" => Ok(Addressing::Path),
+        "virtual" => Ok(Addressing::Virtual),
+        _ => Err(format!(
+            "invalid value \"{v}\", expecting \"path\" or \"virtual\""
+        )),
+    })?;
+    let plain = |v: &str| -> Result<String, String> {
+        if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
+            Err("empty value or control characters".into())
+        } else {
+            Ok(v.to_string())
+        }
+    };
+    let tls_ca_file = value(nodes, "tls_ca_file", None, |v| Ok(Some(PathBuf::from(v))))?;
+    if tls_ca_file.is_some() && endpoint.scheme == Scheme::Http {
+        if let Some(n) = find(nodes, "tls_ca_file") {
+            return Err((n.line, "\"tls_ca_file\" needs an https endpoint".into()));
+        }
+    }
+    Ok(S3 {
+        name: node.args[0].clone(),
+        endpoint,
+        region: value(nodes, "region", "us-east-1".to_string(), plain)?,
+        bucket: plain(&bucket).map_err(|m| (node.line, m))?,
+        addressing,
+        access_key_id: plain(&required("access_key_id")?.args[0])
+            .map_err(|m| (node.line, format!("{m} in \"access_key_id\"")))?,
+        secret_access_key: plain(&required("secret_access_key")?.args[0])
+            .map_err(|m| (node.line, format!("{m} in \"secret_access_key\"")))?,
+        session_token: value(nodes, "session_token", None, |v| plain(v).map(Some))?,
+        tls_ca_file,
+        connect_timeout: value(nodes, "connect_timeout", secs(5), time)?,
+        read_timeout: value(nodes, "read_timeout", secs(30), time)?,
+        keepalive: value(nodes, "keepalive", 32, number)?,
+        keepalive_timeout: value(nodes, "keepalive_timeout", secs(20), time)?,
+        retries: value(nodes, "retries", 3, |v| {
+            number(v).map(|n| n.min(100) as u32)
+        })?,
+        retry_backoff: value(nodes, "retry_backoff", Duration::from_millis(50), time)?,
+    })
+}
+
+// === value parsers ===
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn number(v: &str) -> Result<usize, String> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid number \"{v}\""));
+    }
+    v.parse()
+        .map_err(|_| format!("number \"{v}\" is too large"))
+}
+
+fn positive(v: &str) -> Result<usize, String> {
+    match number(v)? {
+        0 => Err(format!("\"{v}\" must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn at_least(n: usize, min: usize) -> Result<usize, String> {
+    if n < min {
+        Err(format!("value {n} is below the minimum {min}"))
+    } else {
+        Ok(n)
+    }
+}
+
+/// nginx sizes: bytes, or a number followed by `k`, `m` or `g` (either case).
+pub(super) fn size(v: &str) -> Result<usize, String> {
+    let (digits, mult) = match v.as_bytes().last() {
+        Some(b'k' | b'K') => (&v[..v.len() - 1], 1usize << 10),
+        Some(b'm' | b'M') => (&v[..v.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    number(digits)
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size \"{v}\""))
+}
+
+/// nginx times: a sequence of `<n><unit>` with units `ms`, `s`, `m`, `h`, `d`; a bare number
+/// is seconds.
+pub(super) fn time(v: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid time \"{v}\"");
+    if v.is_empty() {
+        return Err(bad());
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<u64>().map(Duration::from_secs).map_err(|_| bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.as_bytes().first() {
+                Some(b's') => (1000, 1),
+                Some(b'm') => (60_000, 1),
+                Some(b'h') => (3_600_000, 1),
+                Some(b'd') => (86_400_000, 1),
+                _ => return Err(bad()),
+            }
+        };
+        let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(ms))
+            .ok_or_else(bad)?;
+        rest = &rest[len..];
+    }
+    Ok(total)
+}
+
+fn listen_addr(v: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let mut addrs = v
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid listen address \"{v}\": {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("listen address \"{v}\" resolves to nothing"))
+}
+
+/// `http[s]://host[:port][/]`, resolved now so that no worker ever blocks on DNS.
+fn endpoint(v: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = if let Some(r) = v.strip_prefix("http://") {
+        (Scheme::Http, r)
+    } else if let Some(r) = v.strip_prefix("https://") {
+        (Scheme::Https, r)
+    } else {
+        return Err(format!(
+            "invalid URL \"{v}\": expecting http:// or https://"
+        ));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "invalid URL \"{v}\": expecting scheme://host[:port]"
+        ));
+    }
+    let default_port = match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    };
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let (h, after) = r
+            .split_once(']')
+            .ok_or_else(|| format!("invalid URL \"{v}\": unclosed \"[\""))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("invalid port in URL \"{v}\""))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("invalid URL \"{v}\"")),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| format!("invalid port in URL \"{v}\""))?,
+            ),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+    {
+        return Err(format!("invalid host in URL \"{v}\""));
+    }
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{host}\": {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("\"{host}\" resolves to no address"));
+    }
+    Ok(Endpoint {
+        scheme,
+        host,
+        port,
+        addrs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ConfError, Config};
+    use super::*;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            (name == "SECRET").then(|| "s3cr3t".to_string())
+        }
+    }
+
+    const S3: &str = "s3 b { endpoint http://127.0.0.1:9000; bucket apks; access_key_id AK; secret_access_key $SECRET; }";
+
+    fn conf(http_body: &str) -> Result<Config, ConfError> {
+        Config::parse("t.conf", &format!("http {{\n{http_body}\n}}\n"), &NoEnv)
+    }
+
+    fn err(src: &str) -> String {
+        Config::parse("t.conf", src, &NoEnv)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn example_conf_parses_with_every_value() {
+        let src =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tailgate.conf"))
+                .unwrap();
+        struct All;
+        impl Env for All {
+            fn var(&self, name: &str) -> Option<String> {
+                Some(match name {
+                    "TAILGATE_LISTEN" => "127.0.0.1:0".into(),
+                    "TAILGATE_S3_ENDPOINT" => "http://127.0.0.1:9000".into(),
+                    _ => "x".into(),
+                })
+            }
+        }
+        let c = Config::parse("conf/tailgate.conf", &src, &All).unwrap();
+        assert_eq!(c.http.s3.len(), 1);
+        assert_eq!(c.http.s3[0].keepalive, 32);
+        assert_eq!(c.http.s3[0].keepalive_timeout, secs(20));
+        assert_eq!(c.http.client_header_buffer_size, 8192);
+        assert_eq!(c.http.locations.len(), 4);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let c = conf(&format!(
+            "listen 127.0.0.1:0; {S3} location /apk/ {{ composite b; }}"
+        ))
+        .unwrap();
+        assert_eq!(c.http.relay_buffer_size, 64 * 1024);
+        assert_eq!(c.http.max_ranges, 16);
+        assert_eq!(c.http.manifest_cache_ttl, secs(5));
+        assert_eq!(c.http.tail_cache_size, 0);
+        assert_eq!(c.http.s3[0].retry_backoff, Duration::from_millis(50));
+        assert_eq!(c.http.s3[0].secret_access_key, "s3cr3t");
+        assert_eq!(c.http.s3[0].region, "us-east-1");
+        assert_eq!(c.http.locations[0].handler, Handler::Composite(0));
+        assert!(c.worker_threads >= 1);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("http {\n listne 1;\n}", "t.conf:2: unknown directive \"listne\""),
+            ("http {\n listen 1;\n region x;\n}", "t.conf:3: \"region\" directive is not allowed here"),
+            ("listen 1;\nhttp { listen 1; }", "t.conf:1: \"listen\" directive is not allowed here"),
+            ("http {\n listen 1;\n location /a/ {\n  composite nosuch;\n }\n}", "t.conf:4: no s3 block named \"nosuch\""),
+            ("http {\n listen 1;\n send_timeout 5x;\n}", "t.conf:3: invalid time \"5x\" in \"send_timeout\" directive"),
+            ("http {\n listen 1;\n relay_buffer_size 1q;\n}", "t.conf:3: invalid size \"1q\" in \"relay_buffer_size\" directive"),
+            ("http {\n listen 1;\n send_timeout 1s;\n send_timeout 2s;\n}", "t.conf:4: \"send_timeout\" directive is duplicate"),
+            ("http {\n listen 1;\n send_timeout;\n}", "t.conf:3: invalid number of arguments in \"send_timeout\" directive"),
+            ("http {\n}\n", "t.conf:1: no \"listen\" directive in \"http\" block"),
+            ("worker_threads 2;\n", "t.conf:1: no \"http\" block"),
+            ("http {\n listen 1;\n", "t.conf:1: unexpected end of file, expecting \"}\""),
+            ("http {\n listen 1;\n s3 b {\n  endpoint ftp://x;\n }\n}", "t.conf:4: invalid URL \"ftp://x\": expecting http:// or https:// in \"endpoint\" directive"),
+            ("http {\n listen 1;\n s3 b {\n  endpoint http://127.0.0.1:99999;\n }\n}", "t.conf:4: invalid port in URL \"http://127.0.0.1:99999\" in \"endpoint\" directive"),
+            ("http {\n listen 1;\n location /a/ {\n }\n}", "t.conf:3: location has no handler (composite, object, stub_status or metrics)"),
+            ("http {\n listen 1;\n location ~ /a/ {\n stub_status;\n }\n}", "t.conf:3: invalid location modifier \"~\""),
+            ("http {\n listen 1;\n key $NOPE;\n}", "t.conf:3: environment variable \"NOPE\" is not set"),
+            ("http {\n listen 1;\n keepalive_timeout 5s {\n }\n}", "t.conf:3: directive \"keepalive_timeout\" is not terminated by \";\""),
+            ("http;", "t.conf:1: directive \"http\" has no opening \"{\""),
+        ];
+        for (src, want) in cases {
+            assert_eq!(&err(src), want, "for {src:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_times_parse_like_nginx() {
+        assert_eq!(size("8k"), Ok(8192));
+        assert_eq!(size("1M"), Ok(1 << 20));
+        assert_eq!(size("2g"), Ok(2 << 30));
+        assert_eq!(size("100"), Ok(100));
+        assert!(size("k").is_err());
+        assert!(size("-1").is_err());
+        assert!(size("99999999999999999999g").is_err());
+        assert_eq!(time("10s"), Ok(secs(10)));
+        assert_eq!(time("30"), Ok(secs(30)));
+        assert_eq!(time("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(time("1m30s"), Ok(secs(90)));
+        assert_eq!(time("1h"), Ok(secs(3600)));
+        assert!(time("1x").is_err());
+        assert!(time("s").is_err());
+        assert!(time("").is_err());
+    }
+
+    #[test]
+    fn endpoint_urls_are_checked_and_resolved() {
+        let e = endpoint("https://127.0.0.1").unwrap();
+        assert_eq!((e.scheme, e.port), (Scheme::Https, 443));
+        assert_eq!(e.authority("127.0.0.1"), "127.0.0.1");
+        let e = endpoint("http://127.0.0.1:9000/").unwrap();
+        assert_eq!(e.authority("b.127.0.0.1"), "b.127.0.0.1:9000");
+        let e = endpoint("http://[::1]:9000").unwrap();
+        assert_eq!(e.authority("::1"), "[::1]:9000");
+        for bad in [
+            "http://",
+            "http://h/path",
+            "http://u@h",
+            "127.0.0.1:9000",
+            "http://h:x",
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exact_and_prefix_locations_are_kept_apart() {
+        let c = conf(&format!(
+            "listen 1; {S3} location /apk/ {{ composite b; }} location = /apk/ {{ stub_status; }} location /f/ {{ object b; }}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.http.locations[1].matcher,
+            LocationMatch::Exact("/apk/".into())
+        );
+        assert_eq!(c.http.locations[2].handler, Handler::Object(0));
+        assert!(conf("listen 1; location /a/ { stub_status; metrics; }").is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! HTTP/1.x for the client side, sans-IO: request heads in, response heads out.
+
+pub mod date;
+pub mod request;
+pub mod response;

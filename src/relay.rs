@@ -1,0 +1,207 @@
+//! Plan → client, one segment at a time. The upstream request for a fetch is sent only
+//! after every byte before it was written to the client socket (the write completed), so
+//! no upstream connection is ever held without being read. Reads and writes alternate over
+//! one owned buffer moved between io_uring operations. A fetch that fails is resumed from
+//! the first byte the client has not been sent; when that is impossible, the caller closes
+//! the client connection so the short body shows as short.
+
+use std::net::Shutdown;
+use std::time::Duration;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::object::composite::Composite;
+use crate::object::plan::Fetch;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// What goes to the client, in order.
+pub enum Piece {
+    /// Bytes of our own: the response head, multipart boundaries.
+    Bytes(Vec<u8>),
+    /// Bytes of a segment.
+    Fetch(Fetch),
+}
+
+/// How a relay ended once the response head was sent.
+#[derive(Debug)]
+pub enum End {
+    Complete,
+    /// The client stopped reading (write error or `send_timeout`); its socket is shut down.
+    ClientGone,
+    /// An upstream failure after the head was sent, retries spent: the body is short.
+    Truncated(UpstreamError),
+}
+
+/// Counts of what happened, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub body_bytes: u64,
+    pub upstream_requests: u32,
+    pub resumes: u32,
+}
+
+pub struct Relay<'a> {
+    pub client: &'a TcpStream,
+    pub upstream: &'a Upstream,
+    pub block: usize,
+    pub composite: &'a Composite,
+    pub send_timeout: Duration,
+}
+
+impl Relay<'_> {
+    /// Sends `pieces`. `Err` means nothing was written and the client may still get an
+    /// error response; `Ok` reports how the body ended. `buf` is the worker's relay buffer.
+    pub async fn run(
+        &self,
+        pieces: Vec<Piece>,
+        buf: Vec<u8>,
+        stats: &mut Stats,
+    ) -> (Result<End, UpstreamError>, Vec<u8>) {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut written = false;
+        let mut buf = buf;
+        for piece in pieces {
+            match piece {
+                Piece::Bytes(b) => pending.extend_from_slice(&b),
+                Piece::Fetch(f) => {
+                    let (res, back) = self.fetch(f, &mut pending, &mut written, buf, stats).await;
+                    buf = back;
+                    match res {
+                        Ok(End::Complete) => {}
+                        Ok(end) => return (Ok(end), buf),
+                        Err(e) if written => return (Ok(End::Truncated(e)), buf),
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let (res, _) = self.write(pending).await;
+            if res.is_err() {
+                return (Ok(End::ClientGone), buf);
+            }
+        }
+        (Ok(End::Complete), buf)
+    }
+
+    /// One fetch, with resume: `pos` is the first object byte the client has not been sent.
+    async fn fetch(
+        &self,
+        f: Fetch,
+        pending: &mut Vec<u8>,
+        written: &mut bool,
+        buf: Vec<u8>,
+        stats: &mut Stats,
+    ) -> (Result<End, UpstreamError>, Vec<u8>) {
+        let Some(seg) = self.composite.segments().get(f.segment) else {
+            return (Ok(End::Complete), buf);
+        };
+        let retries = self.upstream.retries(self.block);
+        let mut attempt = 0u32;
+        let mut slept = Duration::ZERO;
+        let mut pos = f.start;
+        let mut buf = buf;
+        'attempts: while pos < f.end {
+            if attempt > 0 {
+                let pause = self.upstream.backoff(self.block, attempt - 1, slept);
+                slept += pause;
+                tokio::time::sleep(pause).await;
+                if pos > f.start {
+                    stats.resumes += 1;
+                }
+            }
+            buf.clear();
+            stats.upstream_requests += 1;
+            let (opened, back) = self
+                .upstream
+                .open_segment(self.block, seg, pos, f.end, buf)
+                .await;
+            buf = back;
+            let mut body = match opened {
+                Ok(b) => b,
+                Err(e) if e.retryable && attempt < retries => {
+                    attempt += 1;
+                    continue 'attempts;
+                }
+                Err(e) => return (Err(e), buf),
+            };
+            loop {
+                if !buf.is_empty() {
+                    let n = buf.len() as u64;
+                    if !pending.is_empty() {
+                        let (res, _) = self.write(std::mem::take(pending)).await;
+                        if res.is_err() {
+                            self.upstream.discard(body);
+                            return (Ok(End::ClientGone), buf);
+                        }
+                    }
+                    let (res, back) = self.write(buf).await;
+                    buf = back;
+                    if res.is_err() {
+                        self.upstream.discard(body);
+                        return (Ok(End::ClientGone), buf);
+                    }
+                    *written = true;
+                    pos = pos.saturating_add(n);
+                    stats.body_bytes = stats.body_bytes.saturating_add(n);
+                    buf.clear();
+                }
+                if body.remaining() == 0 {
+                    self.upstream.release(body);
+                    break;
+                }
+                let (res, back) = self.upstream.read_body(&mut body, buf).await;
+                buf = back;
+                if let Err(e) = res {
+                    // The bytes read before the failure (if any) are still good: send them first.
+                    if !buf.is_empty() {
+                        let n = buf.len() as u64;
+                        let (res, back) = self.write(buf).await;
+                        buf = back;
+                        if res.is_err() {
+                            return (Ok(End::ClientGone), buf);
+                        }
+                        *written = true;
+                        pos = pos.saturating_add(n);
+                        stats.body_bytes = stats.body_bytes.saturating_add(n);
+                    }
+                    if e.retryable && attempt < retries {
+                        attempt += 1;
+                        continue 'attempts;
+                    }
+                    return (Err(e), buf);
+                }
+            }
+        }
+        (Ok(End::Complete), buf)
+    }
+
+    /// Writes all of `data` to the client. `send_timeout` bounds each write, i.e. the gap
+    /// between two successful writes, as in nginx. On any failure the client socket is shut
+    /// down (an abandoned write may still complete, and must find the socket dead).
+    async fn write(&self, data: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
+        let cap = data.capacity();
+        let len = data.len();
+        let mut off = 0;
+        let mut data = data;
+        while off < len {
+            let write = self.client.write(data.slice(off..len)).submit();
+            match tokio::time::timeout(self.send_timeout, write).await {
+                Ok((Ok(n), slice)) if n > 0 => {
+                    data = slice.into_inner();
+                    off += n;
+                }
+                Ok((_, slice)) => {
+                    let _ = self.client.shutdown(Shutdown::Both);
+                    return (Err(()), slice.into_inner());
+                }
+                Err(_) => {
+                    let _ = self.client.shutdown(Shutdown::Both);
+                    return (Err(()), Vec::with_capacity(cap));
+                }
+            }
+        }
+        (Ok(()), data)
+    }
+}

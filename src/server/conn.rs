@@ -1,0 +1,529 @@
+//! One client connection: read a head → route → load the composite → preconditions and
+//! ranges → plan → relay → keep-alive or close. This is the only place where errors become
+//! responses ([`error_response`]). Every exit path shuts the socket down, so an io_uring
+//! operation abandoned on a timeout finds it dead.
+
+use std::cell::Cell;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::http::request::{self, Body, Method, ParseError, Parsed, RequestHead};
+use crate::http::response::{attachment, reason, ResponseHead};
+use crate::log;
+use crate::object::composite::{Composite, Segment};
+use crate::object::conditional::{self, Outcome, Preconditions};
+use crate::object::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::object::plan;
+use crate::object::range::{self, ByteRange, RangeOutcome};
+use crate::relay::{End, Piece, Relay, Stats};
+use crate::route::{self, Route, RouteError};
+use crate::upstream::{ErrorKind, UpstreamError};
+
+use super::worker::Worker;
+
+/// Why a request could not be served as asked.
+#[derive(Debug)]
+enum Failure {
+    Parse(ParseError),
+    Route(RouteError),
+    Method,
+    /// Unknown package, variant or object.
+    NotFound,
+    /// The manifest or object metadata is not usable.
+    BadObject(String),
+    Upstream(UpstreamError),
+    /// A location this build does not serve yet.
+    Unavailable,
+}
+
+/// The one status mapping: status code and whether the connection must close.
+fn error_response(f: &Failure) -> (u16, bool) {
+    match f {
+        Failure::Parse(p) => match p {
+            ParseError::Bad(_) => (400, true),
+            ParseError::UriTooLong => (414, true),
+            ParseError::HeadTooLarge => (431, true),
+            ParseError::UnknownMethod | ParseError::UnknownCoding => (501, true),
+            ParseError::Version => (505, true),
+            ParseError::BodyTooLarge => (413, true),
+        },
+        Failure::Route(RouteError::BadTarget(_)) => (400, true),
+        Failure::Route(RouteError::NotFound) | Failure::NotFound => (404, false),
+        Failure::Method => (405, false),
+        Failure::BadObject(_) => (502, false),
+        Failure::Upstream(e) if e.is_timeout() => (504, false),
+        Failure::Upstream(_) => (502, false),
+        Failure::Unavailable => (404, false),
+    }
+}
+
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
+    let _ = stream.set_nodelay(true);
+    let http = &w.conf.http;
+    let mut buf: Vec<u8> = Vec::with_capacity(http.client_header_buffer_size);
+    let mut served: u64 = 0;
+    loop {
+        let (read, back) = read_head(&stream, buf, served == 0, &w).await;
+        buf = back;
+        let head = match read {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => break,
+            HeadRead::Error(e) => {
+                log::info!("client {peer}: {e:?}");
+                send_error(&stream, &Failure::Parse(e), false, 1, true).await;
+                break;
+            }
+        };
+        buf.drain(..head.len);
+        served += 1;
+        let mut keep_alive = head.keep_alive && served < http.keepalive_requests;
+        match head.body {
+            Body::Length(n) => {
+                let (ok, back) = discard_body(&stream, buf, n, http.client_header_timeout).await;
+                buf = back;
+                if !ok {
+                    break;
+                }
+            }
+            // Chunked bodies are not decoded: answer, then close, so nothing is misframed.
+            Body::Chunked => keep_alive = false,
+            Body::None => {}
+        }
+        if !respond(&stream, &w, &head, keep_alive).await || !keep_alive {
+            break;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+enum HeadRead {
+    Head(RequestHead),
+    /// The peer closed, went idle past `keepalive_timeout`, or stalled mid-head past
+    /// `client_header_timeout`: close without a response.
+    Closed,
+    Error(ParseError),
+}
+
+/// Reads until a complete head is in `buf`. Waiting for the first byte is bounded by
+/// `keepalive_timeout` (or `client_header_timeout` on a new connection); from the first byte
+/// the whole head must arrive within `client_header_timeout`, however it is trickled.
+async fn read_head(
+    stream: &TcpStream,
+    buf: Vec<u8>,
+    first: bool,
+    w: &Worker,
+) -> (HeadRead, Vec<u8>) {
+    let http = &w.conf.http;
+    let cap = http.client_header_buffer_size;
+    let mut buf = buf;
+    let mut deadline = (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout);
+    loop {
+        if !buf.is_empty() {
+            match request::parse(&buf, cap) {
+                Ok(Parsed::Complete(h)) => return (HeadRead::Head(h), buf),
+                Ok(Parsed::Partial) => {}
+                Err(e) => return (HeadRead::Error(e), buf),
+            }
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None if first => http.client_header_timeout,
+            None => http.keepalive_timeout,
+        };
+        let start = buf.len();
+        let read = stream.read(buf.slice(start..cap));
+        match tokio::time::timeout(wait, read).await {
+            Ok((Ok(0), slice)) => return (HeadRead::Closed, slice.into_inner()),
+            Ok((Ok(_), slice)) => {
+                buf = slice.into_inner();
+                deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
+            }
+            Ok((Err(_), slice)) => return (HeadRead::Closed, slice.into_inner()),
+            Err(_) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                return (HeadRead::Closed, Vec::new());
+            }
+        }
+    }
+}
+
+/// Reads and drops a request body of `n` bytes (at most 64 KiB, checked by the parser).
+async fn discard_body(
+    stream: &TcpStream,
+    mut buf: Vec<u8>,
+    n: u64,
+    timeout: Duration,
+) -> (bool, Vec<u8>) {
+    let in_buf = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+    buf.drain(..in_buf);
+    let mut left = n.saturating_sub(in_buf as u64);
+    let mut scratch = Vec::with_capacity(usize::try_from(left).unwrap_or(0).min(16 * 1024));
+    while left > 0 {
+        scratch.clear();
+        let max = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(scratch.capacity());
+        match tokio::time::timeout(timeout, stream.read(scratch.slice(0..max))).await {
+            Ok((Ok(got), slice)) if got > 0 => {
+                left = left.saturating_sub(got as u64);
+                scratch = slice.into_inner();
+            }
+            Ok(_) => return (false, buf),
+            Err(_) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                return (false, buf);
+            }
+        }
+    }
+    (true, buf)
+}
+
+/// Answers one request. Returns whether the connection may serve another.
+async fn respond(stream: &TcpStream, w: &Worker, head: &RequestHead, keep_alive: bool) -> bool {
+    let is_head = head.method == Method::Head;
+    if head.method == Method::Other {
+        return send_error(stream, &Failure::Method, is_head, head.minor, !keep_alive).await
+            && keep_alive;
+    }
+    let route = match route::route(&w.conf.http.locations, &head.target) {
+        Ok(r) => r,
+        Err(e) => {
+            return send_error(stream, &Failure::Route(e), is_head, head.minor, !keep_alive).await
+                && keep_alive
+        }
+    };
+    let loaded = match route {
+        Route::Composite {
+            s3,
+            manifest_key,
+            variant,
+            file_name,
+        } => load_variant(w, s3, &manifest_key, &variant)
+            .await
+            .map(|c| (s3, c, Some(file_name))),
+        Route::Object { s3, key } => load_object(w, s3, &key).await.map(|c| (s3, c, None)),
+        Route::StubStatus | Route::Metrics => Err(Failure::Unavailable),
+    };
+    match loaded {
+        Ok((block, composite, file_name)) => {
+            serve_composite(
+                stream,
+                w,
+                head,
+                block,
+                &composite,
+                file_name.as_deref(),
+                keep_alive,
+            )
+            .await
+        }
+        Err(f) => {
+            if let Failure::Upstream(e) = &f {
+                log::error!("upstream: {} for {}", e, head.target);
+            } else if let Failure::BadObject(m) = &f {
+                log::error!("{m} for {}", head.target);
+            }
+            send_error(stream, &f, is_head, head.minor, !keep_alive).await && keep_alive
+        }
+    }
+}
+
+async fn load_variant(
+    w: &Worker,
+    block: usize,
+    key: &str,
+    variant: &str,
+) -> Result<Rc<Composite>, Failure> {
+    let cache_key = format!("{block}\0{key}");
+    let cached = w.manifests.borrow().get(&cache_key, Instant::now());
+    let manifest = match cached {
+        Some(m) => m,
+        None => {
+            let (_, body) = w
+                .upstream
+                .fetch_whole(block, "GET", key, MAX_MANIFEST_BYTES)
+                .await
+                .map_err(|e| match e.kind {
+                    ErrorKind::NotFound => Failure::NotFound,
+                    _ => Failure::Upstream(e),
+                })?;
+            let m = Rc::new(
+                Manifest::parse(&body).map_err(|e| Failure::BadObject(format!("{key}: {e}")))?,
+            );
+            w.manifests
+                .borrow_mut()
+                .insert(cache_key, Rc::clone(&m), Instant::now());
+            m
+        }
+    };
+    manifest.variant(variant).ok_or(Failure::NotFound)
+}
+
+async fn load_object(w: &Worker, block: usize, key: &str) -> Result<Rc<Composite>, Failure> {
+    let cache_key = format!("{block}\0{key}");
+    if let Some(c) = w.objects.borrow().get(&cache_key, Instant::now()) {
+        return Ok(c);
+    }
+    let (head, _) = w
+        .upstream
+        .fetch_whole(block, "HEAD", key, 0)
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::NotFound => Failure::NotFound,
+            _ => Failure::Upstream(e),
+        })?;
+    let bad = |m: &str| Failure::BadObject(format!("{key}: {m}"));
+    let length = head
+        .content_length
+        .ok_or_else(|| bad("HEAD without Content-Length"))?;
+    let etag = head.etag.ok_or_else(|| bad("no ETag"))?;
+    let last_modified = head
+        .last_modified
+        .as_deref()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let content_type = head
+        .content_type
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let segment = Segment {
+        key: key.to_string(),
+        offset: 0,
+        length,
+        etag: etag.clone(),
+    };
+    let c = Rc::new(
+        Composite::new(vec![segment], etag, last_modified, content_type).map_err(|m| bad(&m))?,
+    );
+    w.objects
+        .borrow_mut()
+        .insert(cache_key, Rc::clone(&c), Instant::now());
+    Ok(c)
+}
+
+async fn serve_composite(
+    stream: &TcpStream,
+    w: &Worker,
+    req: &RequestHead,
+    block: usize,
+    c: &Composite,
+    file_name: Option<&str>,
+    keep_alive: bool,
+) -> bool {
+    let is_get = req.method == Method::Get;
+    let pre = Preconditions {
+        if_match: req.if_match.as_deref(),
+        if_none_match: req.if_none_match.as_deref(),
+        if_modified_since: req.if_modified_since.as_deref(),
+        if_unmodified_since: req.if_unmodified_since.as_deref(),
+        if_range: req.if_range.as_deref(),
+    };
+    let mut resp = ResponseHead::new(200, c.len(), keep_alive, req.minor);
+    resp.etag = Some(c.etag().to_string());
+    resp.last_modified = Some(c.last_modified());
+    let honour_range = match conditional::evaluate(&pre, c.etag(), c.last_modified()) {
+        Outcome::NotModified => {
+            resp.status = 304;
+            resp.content_length = None;
+            return write_all(stream, resp.encode(), w).await && keep_alive;
+        }
+        Outcome::Failed => {
+            return send_error_head(stream, 412, !is_get, req.minor, keep_alive, w).await
+        }
+        Outcome::Proceed { honour_range } => honour_range,
+    };
+    resp.accept_ranges = true;
+    resp.content_type = Some(c.content_type().to_string());
+    resp.content_disposition = file_name.map(attachment);
+    // RFC 9110 §14.2: Range is ignored on HEAD (SPEC §3).
+    let ranges = match (&req.range, is_get && honour_range) {
+        (Some(h), true) => range::parse(h, c.len(), w.conf.http.max_ranges),
+        _ => RangeOutcome::Ignore,
+    };
+    let mut pieces = Vec::new();
+    match ranges {
+        RangeOutcome::Unsatisfiable => {
+            let mut r = ResponseHead::new(416, 0, keep_alive, req.minor);
+            r.content_range = Some(format!("bytes */{}", c.len()));
+            return write_all(stream, r.encode(), w).await && keep_alive;
+        }
+        RangeOutcome::Ignore => {
+            pieces.extend(
+                plan::fetches(
+                    c,
+                    ByteRange {
+                        start: 0,
+                        end: c.len(),
+                    },
+                )
+                .into_iter()
+                .map(Piece::Fetch),
+            );
+        }
+        RangeOutcome::Parts(parts) if parts.len() == 1 => {
+            let r = parts[0];
+            resp.status = 206;
+            resp.content_length = Some(r.len());
+            resp.content_range = Some(format!(
+                "bytes {}-{}/{}",
+                r.start,
+                r.end.saturating_sub(1),
+                c.len()
+            ));
+            pieces.extend(plan::fetches(c, r).into_iter().map(Piece::Fetch));
+        }
+        RangeOutcome::Parts(parts) => {
+            let (len, body) = multipart(c, &parts);
+            resp.status = 206;
+            resp.content_length = Some(len);
+            resp.content_type = Some(format!(
+                "multipart/byteranges; boundary={}",
+                boundary_of(&body)
+            ));
+            pieces = body;
+        }
+    }
+    let head_bytes = resp.encode();
+    if !is_get || pieces.is_empty() {
+        return write_all(stream, head_bytes, w).await && keep_alive;
+    }
+    pieces.insert(0, Piece::Bytes(head_bytes));
+    let relay = Relay {
+        client: stream,
+        upstream: &w.upstream,
+        block,
+        composite: c,
+        send_timeout: w.conf.http.send_timeout,
+    };
+    let mut stats = Stats::default();
+    let buf = Vec::with_capacity(w.conf.http.relay_buffer_size);
+    let (res, _buf) = relay.run(pieces, buf, &mut stats).await;
+    match res {
+        Ok(End::Complete) => keep_alive,
+        Ok(End::ClientGone) => false,
+        Ok(End::Truncated(e)) => {
+            log::error!("upstream: {e} after {} body bytes of {}: closing the client connection (truncated)", stats.body_bytes, req.target);
+            let _ = stream.shutdown(Shutdown::Both);
+            false
+        }
+        Err(e) => {
+            log::error!("upstream: {e} for {}", req.target);
+            send_error(stream, &Failure::Upstream(e), false, req.minor, !keep_alive).await
+                && keep_alive
+        }
+    }
+}
+
+thread_local! {
+    static BOUNDARY: Cell<u64> = Cell::new(
+        std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    );
+}
+
+/// The parts of a `multipart/byteranges` body (RFC 9110 §14.6), in nginx's layout. The
+/// boundary text is carried in the first piece; [`boundary_of`] reads it back.
+fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>) {
+    let boundary = BOUNDARY.with(|b| {
+        let v = b.get().wrapping_add(1);
+        b.set(v);
+        format!("{:020}", v % 100_000_000_000_000_000_000u128 as u64)
+    });
+    let mut pieces = Vec::new();
+    let mut len: u64 = 0;
+    for r in parts {
+        let part_head = format!(
+            "\r\n--{boundary}\r\nContent-Type: {}\r\nContent-Range: bytes {}-{}/{}\r\n\r\n",
+            c.content_type(),
+            r.start,
+            r.end.saturating_sub(1),
+            c.len()
+        );
+        len = len
+            .saturating_add(part_head.len() as u64)
+            .saturating_add(r.len());
+        pieces.push(Piece::Bytes(part_head.into_bytes()));
+        pieces.extend(plan::fetches(c, *r).into_iter().map(Piece::Fetch));
+    }
+    let tail = format!("\r\n--{boundary}--\r\n");
+    len = len.saturating_add(tail.len() as u64);
+    pieces.push(Piece::Bytes(tail.into_bytes()));
+    (len, pieces)
+}
+
+fn boundary_of(pieces: &[Piece]) -> String {
+    match pieces.first() {
+        Some(Piece::Bytes(b)) => String::from_utf8_lossy(&b[4..24.min(b.len())]).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Sends an error response with a short text body (none for HEAD). Returns whether the
+/// connection may go on.
+async fn send_error(
+    stream: &TcpStream,
+    f: &Failure,
+    is_head: bool,
+    minor: u8,
+    force_close: bool,
+) -> bool {
+    let (status, close) = error_response(f);
+    let keep = !close && !force_close;
+    let body = format!("{status} {}\n", reason(status));
+    let mut r = ResponseHead::new(status, body.len() as u64, keep, minor);
+    r.content_type = Some("text/plain".into());
+    if status == 405 {
+        r.allow = Some("GET, HEAD");
+    }
+    let mut bytes = r.encode();
+    if !is_head {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    let ok = write_plain(stream, bytes).await;
+    if !keep {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    ok && keep
+}
+
+async fn send_error_head(
+    stream: &TcpStream,
+    status: u16,
+    is_head: bool,
+    minor: u8,
+    keep_alive: bool,
+    w: &Worker,
+) -> bool {
+    let body = format!("{status} {}\n", reason(status));
+    let mut r = ResponseHead::new(status, body.len() as u64, keep_alive, minor);
+    r.content_type = Some("text/plain".into());
+    let mut bytes = r.encode();
+    if !is_head {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    write_all(stream, bytes, w).await && keep_alive
+}
+
+async fn write_all(stream: &TcpStream, bytes: Vec<u8>, w: &Worker) -> bool {
+    match tokio::time::timeout(w.conf.http.send_timeout, stream.write_all(bytes)).await {
+        Ok((Ok(()), _)) => true,
+        _ => {
+            let _ = stream.shutdown(Shutdown::Both);
+            false
+        }
+    }
+}
+
+/// Error responses are small; a fixed bound keeps a peer that never reads from holding them.
+async fn write_plain(stream: &TcpStream, bytes: Vec<u8>) -> bool {
+    match tokio::time::timeout(Duration::from_secs(10), stream.write_all(bytes)).await {
+        Ok((Ok(()), _)) => true,
+        _ => {
+            let _ = stream.shutdown(Shutdown::Both);
+            false
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! Talking to S3: signed requests over pooled connections, response heads checked before a
+//! byte is relayed, bodies read with `read_timeout` between reads. Segment retries and
+//! resume are decided by `relay`, which knows what the client already has; whole-object
+//! fetches (manifests, object metadata) retry here.
+
+pub mod pool;
+pub mod response;
+pub mod s3;
+pub mod transport;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::ClientConfig;
+
+use crate::conf::{Addressing, Scheme, S3};
+use crate::object::composite::Segment;
+use pool::Pool;
+use response::{Parsed, Refusal, UpstreamHead};
+use transport::Transport;
+
+/// The longest a whole retry sequence may sleep, whatever `retries` and `retry_backoff` say.
+pub const MAX_BACKOFF_TOTAL: Duration = Duration::from_secs(3);
+
+#[derive(Debug)]
+pub enum ErrorKind {
+    Connect(io::Error),
+    /// `connect_timeout` or `read_timeout` passed.
+    Timeout,
+    Io(io::Error),
+    /// The connection ended before the expected bytes.
+    EarlyEof,
+    /// The response head was refused (status, range, ETag, length, syntax).
+    Refused(Refusal),
+    /// 404 from S3.
+    NotFound,
+    /// More bytes than the caller allows (a manifest over its cap).
+    TooLarge,
+    Sign(String),
+}
+
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub kind: ErrorKind,
+    /// Worth another attempt on a fresh connection.
+    pub retryable: bool,
+}
+
+impl UpstreamError {
+    fn new(kind: ErrorKind) -> Self {
+        let retryable = match &kind {
+            ErrorKind::Connect(_) | ErrorKind::Timeout | ErrorKind::Io(_) | ErrorKind::EarlyEof => {
+                true
+            }
+            ErrorKind::Refused(Refusal::Status(s)) => *s >= 500,
+            ErrorKind::Refused(Refusal::Malformed(_)) => true,
+            ErrorKind::Refused(Refusal::Mismatch(_)) => false,
+            ErrorKind::NotFound | ErrorKind::TooLarge | ErrorKind::Sign(_) => false,
+        };
+        UpstreamError { kind, retryable }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ErrorKind::Timeout)
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Connect(e) => write!(f, "connect: {e}"),
+            ErrorKind::Timeout => write!(f, "timed out"),
+            ErrorKind::Io(e) => write!(f, "i/o: {e}"),
+            ErrorKind::EarlyEof => write!(f, "connection closed early"),
+            ErrorKind::Refused(Refusal::Status(s)) => write!(f, "status {s}"),
+            ErrorKind::Refused(Refusal::Malformed(m) | Refusal::Mismatch(m)) => write!(f, "{m}"),
+            ErrorKind::NotFound => write!(f, "not found"),
+            ErrorKind::TooLarge => write!(f, "response too large"),
+            ErrorKind::Sign(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// One `s3` block with what is derived from it once per generation.
+struct Block {
+    conf: S3,
+    tls: Option<Arc<ClientConfig>>,
+    /// TLS server name: the endpoint host, or `bucket.host` for virtual addressing.
+    server_name: String,
+}
+
+/// A segment response whose head passed the checks; `remaining` body bytes are still to be
+/// read from `transport`.
+pub struct SegmentBody {
+    transport: Transport,
+    block: usize,
+    remaining: u64,
+    keep_alive: bool,
+}
+
+impl SegmentBody {
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+}
+
+/// A worker's S3 side: blocks and the keep-alive pool.
+pub struct Upstream {
+    blocks: Vec<Block>,
+    pool: RefCell<Pool>,
+}
+
+impl Upstream {
+    pub fn new(blocks: &[S3]) -> Result<Upstream, String> {
+        let blocks = blocks
+            .iter()
+            .map(|b| {
+                let tls = match b.endpoint.scheme {
+                    Scheme::Https => Some(
+                        transport::client_config(b.tls_ca_file.as_deref())
+                            .map_err(|e| format!("s3 block \"{}\": {e}", b.name))?,
+                    ),
+                    Scheme::Http => None,
+                };
+                let server_name = match b.addressing {
+                    Addressing::Path => b.endpoint.host.clone(),
+                    Addressing::Virtual => format!("{}.{}", b.bucket, b.endpoint.host),
+                };
+                Ok(Block {
+                    conf: b.clone(),
+                    tls,
+                    server_name,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Upstream {
+            blocks,
+            pool: RefCell::new(Pool::new()),
+        })
+    }
+
+    pub fn conf(&self, block: usize) -> Option<&S3> {
+        self.blocks.get(block).map(|b| &b.conf)
+    }
+
+    /// Closes idle connections that expired or whose peer closed. Called about once a second.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.pool.borrow_mut().sweep(now, |k| {
+            self.blocks
+                .get(k)
+                .map_or(Duration::ZERO, |b| b.conf.keepalive_timeout)
+        });
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.pool.borrow().idle_count()
+    }
+
+    /// Opens `[start, end)` of `seg`'s object: `Range` + `If-Match`, head checked. On
+    /// success `buf` holds the first body bytes (at most `end - start`).
+    pub async fn open_segment(
+        &self,
+        block: usize,
+        seg: &Segment,
+        start: u64,
+        end: u64,
+        buf: Vec<u8>,
+    ) -> (Result<SegmentBody, UpstreamError>, Vec<u8>) {
+        let Some(b) = self.blocks.get(block) else {
+            return (
+                Err(UpstreamError::new(ErrorKind::Sign(
+                    "no such s3 block".into(),
+                ))),
+                buf,
+            );
+        };
+        let last = end.saturating_sub(1);
+        let head = match s3::request_head(
+            &b.conf,
+            "GET",
+            &seg.key,
+            Some((start, last)),
+            Some(&seg.etag),
+            SystemTime::now(),
+        ) {
+            Ok(h) => h,
+            Err(e) => return (Err(UpstreamError::new(ErrorKind::Sign(e))), buf),
+        };
+        let (res, mut buf) = self.exchange(block, head, buf).await;
+        let (transport, resp) = match res {
+            Ok(v) => v,
+            Err(e) => return (Err(e), buf),
+        };
+        if let Err(r) = response::verify_segment(&resp, start, last, &seg.etag) {
+            transport.shutdown();
+            return (Err(UpstreamError::new(ErrorKind::Refused(r))), buf);
+        }
+        // The bytes after the head are the first body bytes; never more than asked for.
+        buf.drain(..resp.len);
+        let want = end.saturating_sub(start);
+        if buf.len() as u64 > want {
+            transport.shutdown();
+            return (
+                Err(UpstreamError::new(ErrorKind::Refused(Refusal::Malformed(
+                    "body longer than Content-Length",
+                )))),
+                buf,
+            );
+        }
+        let remaining = want.saturating_sub(buf.len() as u64);
+        let body = SegmentBody {
+            transport,
+            block,
+            remaining,
+            keep_alive: resp.keep_alive,
+        };
+        (Ok(body), buf)
+    }
+
+    /// Appends the next body bytes to `buf` (never past the body's end), with `read_timeout`.
+    /// On error the connection is already shut down.
+    pub async fn read_body(
+        &self,
+        body: &mut SegmentBody,
+        buf: Vec<u8>,
+    ) -> (Result<usize, UpstreamError>, Vec<u8>) {
+        let timeout = self
+            .blocks
+            .get(body.block)
+            .map_or(Duration::from_secs(30), |b| b.conf.read_timeout);
+        let cap = buf.capacity();
+        // Never read past the body: the next response on this connection is not ours yet.
+        let max = usize::try_from(body.remaining).unwrap_or(usize::MAX);
+        let (res, buf) = match tokio::time::timeout(timeout, body.transport.read(buf, max)).await {
+            Ok(r) => r,
+            Err(_) => {
+                body.transport.shutdown();
+                return (
+                    Err(UpstreamError::new(ErrorKind::Timeout)),
+                    Vec::with_capacity(cap),
+                );
+            }
+        };
+        match res {
+            Ok(0) => {
+                body.transport.shutdown();
+                (Err(UpstreamError::new(ErrorKind::EarlyEof)), buf)
+            }
+            Ok(n) => {
+                body.remaining = body.remaining.saturating_sub(n as u64);
+                (Ok(n), buf)
+            }
+            Err(e) => {
+                body.transport.shutdown();
+                (Err(UpstreamError::new(ErrorKind::Io(e))), buf)
+            }
+        }
+    }
+
+    /// Closes a connection whose body will not be read to its end.
+    pub fn discard(&self, body: SegmentBody) {
+        body.transport.shutdown();
+    }
+
+    /// Returns a fully read connection to the pool, or closes it.
+    pub fn release(&self, body: SegmentBody) {
+        match self.blocks.get(body.block) {
+            Some(b) if body.remaining == 0 && body.keep_alive => {
+                self.pool.borrow_mut().checkin(
+                    body.block,
+                    body.transport,
+                    b.conf.keepalive,
+                    Instant::now(),
+                );
+            }
+            _ => body.transport.shutdown(),
+        }
+    }
+
+    /// Fetches a whole small object (a manifest, `GET`) or its metadata (`HEAD`), retrying
+    /// as the block says. Returns the head and, for GET, the body (at most `max` bytes).
+    pub async fn fetch_whole(
+        &self,
+        block: usize,
+        method: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<(UpstreamHead, Vec<u8>), UpstreamError> {
+        let retries = self.blocks.get(block).map_or(0, |b| b.conf.retries);
+        let mut attempt = 0;
+        let mut slept = Duration::ZERO;
+        loop {
+            match self.fetch_whole_once(block, method, key, max).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.retryable && attempt < retries => {
+                    let pause = self.backoff(block, attempt, slept);
+                    slept += pause;
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The pause before retry number `attempt` (0-based): `retry_backoff` doubling, the whole
+    /// sequence within [`MAX_BACKOFF_TOTAL`].
+    pub fn backoff(&self, block: usize, attempt: u32, slept: Duration) -> Duration {
+        let base = self
+            .blocks
+            .get(block)
+            .map_or(Duration::from_millis(50), |b| b.conf.retry_backoff);
+        let pause = base.saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX));
+        pause.min(MAX_BACKOFF_TOTAL.saturating_sub(slept))
+    }
+
+    pub fn retries(&self, block: usize) -> u32 {
+        self.blocks.get(block).map_or(0, |b| b.conf.retries)
+    }
+
+    async fn fetch_whole_once(
+        &self,
+        block: usize,
+        method: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<(UpstreamHead, Vec<u8>), UpstreamError> {
+        let b = self
+            .blocks
+            .get(block)
+            .ok_or_else(|| UpstreamError::new(ErrorKind::Sign("no such s3 block".into())))?;
+        let head = s3::request_head(&b.conf, method, key, None, None, SystemTime::now())
+            .map_err(|e| UpstreamError::new(ErrorKind::Sign(e)))?;
+        let (res, mut buf) = self
+            .exchange(block, head, Vec::with_capacity(response::MAX_UPSTREAM_HEAD))
+            .await;
+        let (transport, resp) = res?;
+        let fail = |t: Transport, kind| {
+            t.shutdown();
+            Err(UpstreamError::new(kind))
+        };
+        match resp.status {
+            200 => {}
+            404 => return fail(transport, ErrorKind::NotFound),
+            s => return fail(transport, ErrorKind::Refused(Refusal::Status(s))),
+        }
+        if method == "HEAD" {
+            self.release(SegmentBody {
+                transport,
+                block,
+                remaining: 0,
+                keep_alive: resp.keep_alive,
+            });
+            return Ok((resp, Vec::new()));
+        }
+        let Some(len) = resp.content_length else {
+            return fail(
+                transport,
+                ErrorKind::Refused(Refusal::Malformed("no Content-Length")),
+            );
+        };
+        let len = match usize::try_from(len) {
+            Ok(l) if l <= max => l,
+            _ => return fail(transport, ErrorKind::TooLarge),
+        };
+        buf.drain(..resp.len);
+        if buf.len() > len {
+            return fail(
+                transport,
+                ErrorKind::Refused(Refusal::Malformed("body longer than Content-Length")),
+            );
+        }
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(&buf);
+        let remaining = len.saturating_sub(body.len()) as u64;
+        let mut seg = SegmentBody {
+            transport,
+            block,
+            remaining,
+            keep_alive: resp.keep_alive,
+        };
+        while seg.remaining > 0 {
+            let (res, back) = self.read_body(&mut seg, body).await;
+            body = back;
+            res?;
+        }
+        self.release(seg);
+        Ok((resp, body))
+    }
+
+    /// Sends `head` on a pooled or fresh connection and reads the response head into `buf`
+    /// (which then also holds any body bytes that came with it). A failure on a reused
+    /// connection before any response byte is retried once on a fresh one, as nginx and
+    /// Pingora do: the peer may have closed it just as it was taken.
+    async fn exchange(
+        &self,
+        block: usize,
+        head: Vec<u8>,
+        buf: Vec<u8>,
+    ) -> (Result<(Transport, UpstreamHead), UpstreamError>, Vec<u8>) {
+        let Some(b) = self.blocks.get(block) else {
+            return (
+                Err(UpstreamError::new(ErrorKind::Sign(
+                    "no such s3 block".into(),
+                ))),
+                buf,
+            );
+        };
+        let pooled =
+            self.pool
+                .borrow_mut()
+                .checkout(block, Instant::now(), b.conf.keepalive_timeout);
+        let mut buf = buf;
+        if let Some(t) = pooled {
+            let (res, back) = self.exchange_on(block, t, head.clone(), buf).await;
+            buf = back;
+            match res {
+                Ok(v) => return (Ok(v), buf),
+                Err((e, any_byte)) if any_byte || !e.retryable => return (Err(e), buf),
+                Err(_) => {}
+            }
+        }
+        let connect = Transport::connect_any(
+            &b.conf.endpoint.addrs,
+            b.tls.as_ref().map(|c| (c, b.server_name.as_str())),
+        );
+        let t = match tokio::time::timeout(b.conf.connect_timeout, connect).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
+            Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
+        };
+        let (res, buf) = self.exchange_on(block, t, head, buf).await;
+        (res.map_err(|(e, _)| e), buf)
+    }
+
+    /// One request on one connection. The error says whether any response byte arrived.
+    async fn exchange_on(
+        &self,
+        block: usize,
+        mut t: Transport,
+        head: Vec<u8>,
+        buf: Vec<u8>,
+    ) -> (
+        Result<(Transport, UpstreamHead), (UpstreamError, bool)>,
+        Vec<u8>,
+    ) {
+        let timeout = self
+            .blocks
+            .get(block)
+            .map_or(Duration::from_secs(30), |b| b.conf.read_timeout);
+        let cap = buf.capacity();
+        let write = tokio::time::timeout(timeout, t.write_all(head)).await;
+        match write {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), _)) => {
+                t.shutdown();
+                return (Err((UpstreamError::new(ErrorKind::Io(e)), false)), buf);
+            }
+            Err(_) => {
+                t.shutdown();
+                return (Err((UpstreamError::new(ErrorKind::Timeout), false)), buf);
+            }
+        }
+        let mut buf = buf;
+        buf.clear();
+        loop {
+            let got = tokio::time::timeout(timeout, t.read(buf, usize::MAX)).await;
+            let (res, back) = match got {
+                Ok(r) => r,
+                Err(_) => {
+                    t.shutdown();
+                    return (
+                        Err((UpstreamError::new(ErrorKind::Timeout), false)),
+                        Vec::with_capacity(cap),
+                    );
+                }
+            };
+            buf = back;
+            let any = !buf.is_empty();
+            match res {
+                Ok(0) => {
+                    t.shutdown();
+                    return (Err((UpstreamError::new(ErrorKind::EarlyEof), any)), buf);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    t.shutdown();
+                    return (Err((UpstreamError::new(ErrorKind::Io(e)), any)), buf);
+                }
+            }
+            match response::parse(&buf) {
+                Ok(Parsed::Complete(h)) => return (Ok((t, h)), buf),
+                Ok(Parsed::Partial) if buf.len() < buf.capacity() => {}
+                Ok(Parsed::Partial) => {
+                    t.shutdown();
+                    return (
+                        Err((
+                            UpstreamError::new(ErrorKind::Refused(Refusal::Malformed(
+                                "upstream head too large",
+                            ))),
+                            true,
+                        )),
+                        buf,
+                    );
+                }
+                Err(r) => {
+                    t.shutdown();
+                    return (Err((UpstreamError::new(ErrorKind::Refused(r)), true)), buf);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! One upstream connection: plain TCP or TLS (rustls driven by hand over owned buffers,
+//! since tokio-uring has no AsyncRead/AsyncWrite). Reads append into the spare capacity of
+//! the caller's buffer and hand it back, `(result, buf)` style; the plain path never copies.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// TLS ciphertext read size: one maximal record plus its header.
+const TLS_READ: usize = 16 * 1024 + 5;
+
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<Tls>),
+}
+
+pub struct Tls {
+    sock: TcpStream,
+    conn: ClientConnection,
+    /// Ciphertext read from the socket; `[pos, len)` is not yet fed to rustls.
+    inbuf: Vec<u8>,
+    pos: usize,
+}
+
+impl Transport {
+    /// Connects (no timeout here: the caller wraps it) and, for TLS, completes the handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+    ) -> io::Result<Transport> {
+        let sock = TcpStream::connect(addr).await?;
+        let _ = sock.set_nodelay(true);
+        let Some((config, host)) = tls else {
+            return Ok(Transport::Plain(sock));
+        };
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+        let mut tls = Box::new(Tls {
+            sock,
+            conn,
+            inbuf: Vec::with_capacity(TLS_READ),
+            pos: 0,
+        });
+        if let Err(e) = tls.handshake().await {
+            let _ = tls.sock.shutdown(Shutdown::Both);
+            return Err(e);
+        }
+        Ok(Transport::Tls(tls))
+    }
+
+    /// Tries the addresses in order; the first connection that succeeds is kept.
+    pub async fn connect_any(
+        addrs: &[SocketAddr],
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+    ) -> io::Result<Transport> {
+        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
+        for addr in addrs {
+            match Self::connect(*addr, tls).await {
+                Ok(t) => return Ok(t),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Reads at most `max` bytes into `buf[len..capacity]`; `Ok(0)` is end of stream (or no
+    /// room: callers never ask with a full buffer or `max == 0`).
+    pub async fn read(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        let start = buf.len();
+        let end = buf.capacity().min(start.saturating_add(max));
+        if start >= end {
+            return (Ok(0), buf);
+        }
+        match self {
+            Transport::Plain(s) => {
+                let (res, slice) = s.read(buf.slice(start..end)).await;
+                (res, slice.into_inner())
+            }
+            Transport::Tls(t) => t.read(buf, end).await,
+        }
+    }
+
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Transport::Plain(s) => s.write_all(buf).await,
+            Transport::Tls(t) => {
+                let res = t.write_all(&buf).await;
+                (res, buf)
+            }
+        }
+    }
+
+    /// Ends the connection for good; any operation still in flight completes with an error.
+    pub fn shutdown(&self) {
+        let _ = self.stream().shutdown(Shutdown::Both);
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream().as_raw_fd()
+    }
+
+    fn stream(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.sock,
+        }
+    }
+
+    /// True when the TLS layer holds bytes not yet read: such a connection is not idle.
+    pub fn has_buffered(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(t) => t.pos < t.inbuf.len(),
+        }
+    }
+}
+
+impl Tls {
+    async fn handshake(&mut self) -> io::Result<()> {
+        while self.conn.is_handshaking() {
+            self.flush().await?;
+            if self.conn.is_handshaking() && self.conn.wants_read() {
+                self.fill().await?;
+            }
+        }
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut out = Vec::with_capacity(TLS_READ);
+            self.conn.write_tls(&mut out)?;
+            let (res, _) = self.sock.write_all(out).await;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Feeds buffered ciphertext to rustls, reading the socket only when none is left.
+    /// `Ok(false)` at end of stream.
+    async fn fill(&mut self) -> io::Result<bool> {
+        if self.pos >= self.inbuf.len() {
+            let mut inbuf = std::mem::take(&mut self.inbuf);
+            inbuf.clear();
+            let (res, back) = self.sock.read(inbuf).await;
+            self.inbuf = back;
+            self.pos = 0;
+            if res? == 0 {
+                return Ok(false);
+            }
+        }
+        let mut pending = &self.inbuf[self.pos..];
+        let before = pending.len();
+        self.conn.read_tls(&mut pending)?;
+        self.pos += before - pending.len();
+        self.conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(true)
+    }
+
+    /// Decrypted bytes into `buf[len..end]`.
+    async fn read(&mut self, mut buf: Vec<u8>, end: usize) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            let start = buf.len();
+            buf.resize(end, 0);
+            let got = self.conn.reader().read(&mut buf[start..]);
+            match got {
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    return (Ok(n), buf);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+                Err(e) => {
+                    buf.truncate(start);
+                    return (Err(e), buf);
+                }
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => return (Ok(0), buf),
+                Err(e) => return (Err(e), buf),
+            }
+            if let Err(e) = self.flush().await {
+                return (Err(e), buf);
+            }
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.conn.writer().write_all(data)?;
+        self.flush().await
+    }
+}
+
+/// The TLS client configuration of one `s3` block: the system's web roots, or the CA
+/// certificates of `tls_ca_file`.
+pub fn client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no certificate found", path.display()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
