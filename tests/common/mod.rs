@@ -1,0 +1,451 @@
+//! Integration harness: the real `tailgate` binary, a real `s3s-fs` (which verifies SigV4),
+//! ephemeral ports, a temp dir per test, children killed on drop, readiness polled with a
+//! deadline. Objects are uploaded with curl's own SigV4 signer, not ours.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const AK: &str = "tailgate-test-ak";
+pub const SK: &str = "tailgate-test-secret";
+pub const BUCKET: &str = "apks";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("tailgate-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {addr}"
+        );
+        #[allow(clippy::disallowed_methods)] // polling a child's readiness
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn s3s_fs_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TAILGATE_S3S_FS") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let tools =
+        std::env::var("TAILGATE_TOOLS").unwrap_or_else(|_| format!("{home}/.cache/tailgate-tools"));
+    let p = PathBuf::from(tools).join("bin/s3s-fs");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        p.display()
+    );
+    p
+}
+
+/// A running s3s-fs with one bucket.
+pub struct S3 {
+    pub addr: SocketAddr,
+    _proc: Proc,
+    pub dir: TempDir,
+}
+
+impl S3 {
+    pub fn start() -> S3 {
+        let dir = TempDir::new("s3");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("s3s-fs.log")).unwrap();
+        let child = Command::new(s3s_fs_binary())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                AK,
+                "--secret-key",
+                SK,
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let s3 = S3 {
+            addr,
+            _proc: Proc(child),
+            dir,
+        };
+        wait_for_port(addr, "s3s-fs");
+        let (status, _) = s3.curl(&["-X", "PUT"], &format!("/{BUCKET}"));
+        assert_eq!(status, 200, "create bucket");
+        s3
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs a signed curl against `path`; returns the status and the response headers.
+    fn curl(&self, extra: &[&str], path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+            ])
+            .arg(format!("{AK}:{SK}"))
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .args(extra)
+            .arg(format!("http://{}{}", self.addr, path))
+            .output()
+            .unwrap();
+        let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Skip any interim `100 Continue` head: the final one comes last.
+        let headers = dump
+            .rsplit("HTTP/1.1 ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let status = headers
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, headers)
+    }
+
+    /// Uploads `bytes` as `key`; returns the ETag exactly as S3 sent it (quotes included).
+    pub fn put(&self, key: &str, bytes: &[u8]) -> String {
+        let file = self.dir.path().join(format!(
+            "upload-{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, bytes).unwrap();
+        let (status, headers) =
+            self.curl(&["-T", file.to_str().unwrap()], &format!("/{BUCKET}/{key}"));
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(status, 200, "PUT {key}: {headers}");
+        headers
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("etag").then(|| v.trim().to_string())
+            })
+            .expect("ETag in PUT response")
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A package uploaded as head + tails + manifest; `full[variant]` is the stitched body.
+pub struct Package {
+    pub name: String,
+    pub head: Vec<u8>,
+    pub tails: Vec<(String, Vec<u8>)>,
+}
+
+impl Package {
+    pub fn full(&self, variant: &str) -> Vec<u8> {
+        let tail = &self.tails.iter().find(|(v, _)| v == variant).unwrap().1;
+        let mut v = self.head.clone();
+        v.extend_from_slice(tail);
+        v
+    }
+}
+
+/// Uploads `head` and each tail, then the manifest (the order `pack` uses).
+pub fn upload_package(s3: &S3, name: &str, head: Vec<u8>, tails: Vec<(&str, Vec<u8>)>) -> Package {
+    let head_key = format!("{name}/base.apk");
+    let head_etag = s3.put(&head_key, &head);
+    let mut entries = Vec::new();
+    for (variant, tail) in &tails {
+        let key = format!("{name}/tails/{variant}");
+        let etag = s3.put(&key, tail);
+        entries.push(format!(
+            r#""{variant}": {{"key": "{key}", "offset": 0, "length": {}, "etag": {}}}"#,
+            tail.len(),
+            serde_json_string(&etag)
+        ));
+    }
+    let manifest = format!(
+        r#"{{"format": "tailgate/1", "content_type": "application/vnd.android.package-archive",
+            "last_modified": "2026-11-25T10:00:00Z",
+            "head": {{"key": "{head_key}", "offset": 0, "length": {}, "etag": {}}},
+            "tails": {{ {} }} }}"#,
+        head.len(),
+        serde_json_string(&head_etag),
+        entries.join(", ")
+    );
+    s3.put(&format!("{name}/manifest.json"), manifest.as_bytes());
+    Package {
+        name: name.to_string(),
+        head,
+        tails: tails.into_iter().map(|(v, t)| (v.to_string(), t)).collect(),
+    }
+}
+
+fn serde_json_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A running tailgate; its stderr goes to `error.log` in its dir.
+pub struct Tailgate {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub proc: Proc,
+}
+
+/// The conf used by most tests: one composite and one object location on `endpoint`.
+pub fn conf(endpoint: &str, secret: &str, extra_http: &str, extra_s3: &str) -> String {
+    format!(
+        "worker_threads 2;\nerror_log stderr info;\nhttp {{\n listen 127.0.0.1:0;\n client_header_timeout 5s;\n {extra_http}\n \
+         s3 apks {{\n  endpoint {endpoint};\n  bucket {BUCKET};\n  access_key_id {AK};\n  secret_access_key {secret};\n  {extra_s3}\n }}\n \
+         location /apk/ {{ composite apks; }}\n location /files/ {{ object apks; }}\n}}\n"
+    )
+}
+
+impl Tailgate {
+    pub fn start(conf: &str) -> Tailgate {
+        let dir = TempDir::new("tg");
+        let conf_path = dir.path().join("tailgate.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log_path = dir.path().join("error.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
+            .args(["serve", "-c"])
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let proc = Proc(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(a) = text.lines().find_map(|l| l.split("listening on ").nth(1)) {
+                break a.trim().parse::<SocketAddr>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "tailgate did not start: {text}");
+            #[allow(clippy::disallowed_methods)] // polling a child's readiness
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        wait_for_port(addr, "tailgate");
+        Tailgate { addr, dir, proc }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// One GET on a fresh connection.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut c = self.client();
+        c.send(&request("GET", path, headers));
+        c.response(false).unwrap()
+    }
+}
+
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (n, v) in headers {
+        r.push_str(&format!("{n}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw HTTP/1.1 client on one connection, for keep-alive and pipelining tests.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Reads one response (`head_only` for HEAD). `None` when the connection ends first.
+    /// A body shorter than Content-Length is returned short (truncation is visible).
+    pub fn response(&mut self, head_only: bool) -> Option<Response> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let text = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        let mut lines = text.split("\r\n");
+        let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            })
+            .collect();
+        self.buf.drain(..end);
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let len: usize = if head_only || status == 304 {
+            0
+        } else {
+            resp.header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        while self.buf.len() < len {
+            if !self.fill() {
+                break;
+            }
+        }
+        let take = len.min(self.buf.len());
+        resp.body = self.buf.drain(..take).collect();
+        Some(resp)
+    }
+
+    /// True when the server closed the connection (EOF within the timeout).
+    pub fn closed(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 1];
+        let closed = matches!(self.stream.read(&mut b), Ok(0))
+            || matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        closed
+    }
+}
+
+/// Lines of `ss` for TCP sockets in CLOSE-WAIT that involve `port` (either side).
+pub fn close_wait_on(port: u16) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-Htan", "state", "close-wait"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(":{port} ")) || l.ends_with(&format!(":{port}")))
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn read_to_end_lossy(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+pub fn first_line(p: &Path) -> String {
+    let f = std::fs::File::open(p).unwrap();
+    BufReader::new(f).lines().next().unwrap().unwrap()
+}
