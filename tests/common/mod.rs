@@ -3,6 +3,8 @@
 //! deadline. Objects are uploaded with curl's own SigV4 signer, not ours.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
