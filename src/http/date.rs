@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 thread_local! {
-    static CACHED: RefCell<(u64, String)> = RefCell::new((u64::MAX, String::new()));
+    static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
 /// Formats Unix seconds as `Sun, 06 Nov 1994 08:49:37 GMT`.

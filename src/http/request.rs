@@ -68,7 +68,7 @@ pub enum ParseError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    Complete(RequestHead),
+    Complete(Box<RequestHead>),
     /// More bytes are needed; the buffer may grow up to its limit.
     Partial,
 }
@@ -205,7 +205,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
     } else {
         origin_form(target)?
     };
-    Ok(Parsed::Complete(head))
+    Ok(Parsed::Complete(Box::new(head)))
 }
 
 /// RFC 9112 §6.1–6.3: message framing; any ambiguity is refused, since a front and this
@@ -258,7 +258,7 @@ fn origin_form(target: &str) -> Result<String, ParseError> {
         _ => return Err(ParseError::Bad("target is not in origin or absolute form")),
     };
     let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
-    if !valid_host(rest[..path_start].as_bytes()) || path_start == 0 {
+    if !valid_host(&rest.as_bytes()[..path_start]) || path_start == 0 {
         return Err(ParseError::Bad("invalid authority in absolute-form target"));
     }
     let path = &rest[path_start..];
@@ -379,7 +379,7 @@ mod tests {
 
     fn head(raw: &str) -> RequestHead {
         match parse_all(raw) {
-            Ok(Parsed::Complete(h)) => h,
+            Ok(Parsed::Complete(h)) => *h,
             other => panic!("{raw:?} → {other:?}"),
         }
     }

@@ -49,6 +49,7 @@ pub fn fetches(c: &Composite, range: ByteRange) -> Vec<Fetch> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::object::composite::Segment;

@@ -125,6 +125,7 @@ fn resolve(spec: Spec, len: u64) -> Option<ByteRange> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -101,7 +101,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
 }
 
 enum HeadRead {
-    Head(RequestHead),
+    Head(Box<RequestHead>),
     /// The peer closed, went idle past `keepalive_timeout`, or stalled mid-head past
     /// `client_header_timeout`: close without a response.
     Closed,

@@ -138,7 +138,7 @@ impl Upstream {
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Upstream {
             blocks,
-            pool: RefCell::new(Pool::new()),
+            pool: RefCell::new(Pool::default()),
         })
     }
 
@@ -235,15 +235,10 @@ impl Upstream {
         let cap = buf.capacity();
         // Never read past the body: the next response on this connection is not ours yet.
         let max = usize::try_from(body.remaining).unwrap_or(usize::MAX);
-        let (res, buf) = match tokio::time::timeout(timeout, body.transport.read(buf, max)).await {
-            Ok(r) => r,
-            Err(_) => {
-                body.transport.shutdown();
-                return (
-                    Err(UpstreamError::new(ErrorKind::Timeout)),
-                    Vec::with_capacity(cap),
-                );
-            }
+        let Ok((res, buf)) = tokio::time::timeout(timeout, body.transport.read(buf, max)).await
+        else {
+            body.transport.shutdown();
+            return (Err(UpstreamError::new(ErrorKind::Timeout)), Vec::with_capacity(cap));
         };
         match res {
             Ok(0) => {
@@ -469,15 +464,9 @@ impl Upstream {
         buf.clear();
         loop {
             let got = tokio::time::timeout(timeout, t.read(buf, usize::MAX)).await;
-            let (res, back) = match got {
-                Ok(r) => r,
-                Err(_) => {
-                    t.shutdown();
-                    return (
-                        Err((UpstreamError::new(ErrorKind::Timeout), false)),
-                        Vec::with_capacity(cap),
-                    );
-                }
+            let Ok((res, back)) = got else {
+                t.shutdown();
+                return (Err((UpstreamError::new(ErrorKind::Timeout), false)), Vec::with_capacity(cap));
             };
             buf = back;
             let any = !buf.is_empty();

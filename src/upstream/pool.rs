@@ -21,11 +21,13 @@ pub struct Pool {
     idle: Slab<Idle>,
 }
 
-impl Pool {
-    pub fn new() -> Self {
+impl Default for Pool {
+    fn default() -> Self {
         Pool { idle: Slab::new() }
     }
+}
 
+impl Pool {
     /// The most recently returned live connection for `key`, dropping dead or expired ones
     /// on the way.
     pub fn checkout(&mut self, key: usize, now: Instant, timeout: Duration) -> Option<Transport> {

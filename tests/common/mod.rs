@@ -1,11 +1,11 @@
 //! Integration harness: the real `tailgate` binary, a real `s3s-fs` (which verifies SigV4),
 //! ephemeral ports, a temp dir per test, children killed on drop, readiness polled with a
 //! deadline. Objects are uploaded with curl's own SigV4 signer, not ours.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod relay;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -439,15 +439,4 @@ pub fn close_wait_on(port: u16) -> Vec<String> {
         .filter(|l| l.contains(&format!(":{port} ")) || l.ends_with(&format!(":{port}")))
         .map(str::to_string)
         .collect()
-}
-
-pub fn read_to_end_lossy(mut r: impl Read) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
-    v
-}
-
-pub fn first_line(p: &Path) -> String {
-    let f = std::fs::File::open(p).unwrap();
-    BufReader::new(f).lines().next().unwrap().unwrap()
 }

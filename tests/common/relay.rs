@@ -1,7 +1,7 @@
 //! A std-thread TCP relay between tailgate and S3 that records what crosses it (connection
 //! opens and closes, request lines with their Range) and injects faults into responses:
 //! close or reset at a byte offset, stall, or answer 503 instead of forwarding.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
