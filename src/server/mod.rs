@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::conf::{ConfError, Config, ProcessEnv};
@@ -34,6 +36,9 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
     let conf = Config::load(path, &ProcessEnv).map_err(ServeError::Conf)?;
     log::init(&conf.error_log.0, conf.error_log.1)
         .map_err(|e| ServeError::Io(format!("error_log: {e}")))?;
+    // Handlers first: a signal during start-up must not take the default action.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
+        .map_err(|e| ServeError::Io(format!("signals: {e}")))?;
     // Resolve port 0 once, so that every worker's listener shares the same port.
     let mut addrs = Vec::with_capacity(conf.http.listen.len());
     let mut first_listeners = Vec::new();
@@ -69,14 +74,36 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
         threads.push(t);
     }
     log::info!("started {} workers", threads.len());
+    // Workers only end on a fatal error; watch them beside the signals.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ServeError::Io(e)),
-            Err(_) => return Err(ServeError::Io("a worker thread panicked".into())),
-        }
+        let tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let outcome = match t.join() {
+                Ok(r) => r,
+                Err(_) => Err("a worker thread panicked".into()),
+            };
+            let _ = tx.send(outcome);
+        });
     }
-    Ok(())
+    let signals_tx = done_tx;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            match sig {
+                // Reload comes with the operations work; until then HUP must not kill.
+                SIGHUP => log::warning!("SIGHUP: configuration reload is not supported yet; ignored"),
+                _ => {
+                    log::info!("signal {sig}: exiting");
+                    let _ = signals_tx.send(Ok(()));
+                    return;
+                }
+            }
+        }
+    });
+    match done_rx.recv() {
+        Ok(Ok(())) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Io(e)),
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
