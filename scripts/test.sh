@@ -4,8 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export TAILGATE_S3S_FS=$(bash scripts/setup.sh | tail -n 1)
+TAILGATE_S3S_FS=$(bash scripts/setup.sh | tail -n 1)
+export TAILGATE_S3S_FS
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
-cargo test --doc --quiet
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --all-targets 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary.
+totals=$(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d passed, %d failed", p, f }' "$log")
+echo "tailgate: $totals"
+exit "$status"

@@ -91,7 +91,9 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
         for sig in signals.forever() {
             match sig {
                 // Reload comes with the operations work; until then HUP must not kill.
-                SIGHUP => log::warning!("SIGHUP: configuration reload is not supported yet; ignored"),
+                SIGHUP => {
+                    log::warning!("SIGHUP: configuration reload is not supported yet; ignored")
+                }
                 _ => {
                     log::info!("signal {sig}: exiting");
                     let _ = signals_tx.send(Ok(()));

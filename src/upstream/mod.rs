@@ -238,7 +238,10 @@ impl Upstream {
         let Ok((res, buf)) = tokio::time::timeout(timeout, body.transport.read(buf, max)).await
         else {
             body.transport.shutdown();
-            return (Err(UpstreamError::new(ErrorKind::Timeout)), Vec::with_capacity(cap));
+            return (
+                Err(UpstreamError::new(ErrorKind::Timeout)),
+                Vec::with_capacity(cap),
+            );
         };
         match res {
             Ok(0) => {
@@ -466,7 +469,10 @@ impl Upstream {
             let got = tokio::time::timeout(timeout, t.read(buf, usize::MAX)).await;
             let Ok((res, back)) = got else {
                 t.shutdown();
-                return (Err((UpstreamError::new(ErrorKind::Timeout), false)), Vec::with_capacity(cap));
+                return (
+                    Err((UpstreamError::new(ErrorKind::Timeout), false)),
+                    Vec::with_capacity(cap),
+                );
             };
             buf = back;
             let any = !buf.is_empty();
