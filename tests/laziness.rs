@@ -6,52 +6,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::relay::Relay;
 use common::*;
-use socket2::{Domain, Socket, Type};
 
 const HEAD_LEN: usize = 16 * 1024 * 1024;
 const TAIL_LEN: usize = 1536 * 1024;
 const CLIENT_RCVBUF: usize = 16 * 1024;
-
-/// Reads the whole response slowly through a small receive buffer; returns the body and a
-/// timeline of (time, body bytes received so far).
-fn slow_download(addr: SocketAddr, path: &str) -> (Vec<u8>, Vec<(Instant, usize)>) {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(CLIENT_RCVBUF).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let mut stream: std::net::TcpStream = sock.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(&request("GET", path, &[])).unwrap();
-    let mut raw = Vec::new();
-    let mut timeline = Vec::new();
-    let mut head_len = None;
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let n = stream.read(&mut chunk).unwrap();
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&chunk[..n]);
-        if head_len.is_none() {
-            head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-        }
-        let body = raw.len().saturating_sub(head_len.unwrap_or(raw.len()));
-        timeline.push((Instant::now(), body));
-        if body >= HEAD_LEN + TAIL_LEN {
-            break;
-        }
-        #[allow(clippy::disallowed_methods)] // the client is slow on purpose
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    (raw.split_off(head_len.unwrap()), timeline)
-}
 
 #[test]
 fn the_tail_is_requested_only_after_the_head_reached_the_client_socket() {
@@ -69,7 +31,14 @@ fn the_tail_is_requested_only_after_the_head_reached_the_client_socket() {
         &conf(&relay.endpoint(), SK, "", "").replace("worker_threads 2;", "worker_threads 1;"),
     );
     // 3. A slow client with a small receive buffer downloads the whole composite.
-    let (body, timeline) = slow_download(tg.addr, "/apk/lazy/ch.apk");
+    let client = SlowClient {
+        rcvbuf: CLIENT_RCVBUF,
+        read_size: 16 * 1024,
+        per_read: Duration::from_micros(500),
+        pauses: Vec::new(),
+    };
+    let SlowResult { body, timeline, .. } =
+        client.get(tg.addr, "/apk/lazy/ch.apk", HEAD_LEN + TAIL_LEN);
     assert!(body == pkg.full("ch"), "body differs");
     // 4. When the tail's request crossed the relay, the client already had all of the head
     //    but what the socket buffers between them can hold: tailgate's send buffer (up to

@@ -402,6 +402,14 @@ async fn serve_composite(
     let mut stats = Stats::default();
     let buf = Vec::with_capacity(w.conf.http.relay_buffer_size);
     let (res, _buf) = relay.run(pieces, buf, &mut stats).await;
+    if stats.resumes > 0 {
+        log::warning!(
+            "{}: resumed {} times after upstream failures ({} upstream requests)",
+            req.target,
+            stats.resumes,
+            stats.upstream_requests
+        );
+    }
     match res {
         Ok(End::Complete) => keep_alive,
         Ok(End::ClientGone) => false,

@@ -418,7 +418,11 @@ impl Upstream {
             buf = back;
             match res {
                 Ok(v) => return (Ok(v), buf),
-                Err((e, any_byte)) if any_byte || !e.retryable => return (Err(e), buf),
+                // A stale connection fails at once; a timeout is the upstream being slow, and
+                // waiting for it twice would only double the wait.
+                Err((e, any_byte)) if any_byte || !e.retryable || e.is_timeout() => {
+                    return (Err(e), buf)
+                }
                 Err(_) => {}
             }
         }

@@ -428,15 +428,143 @@ impl Client {
     }
 }
 
-/// Lines of `ss` for TCP sockets in CLOSE-WAIT that involve `port` (either side).
-pub fn close_wait_on(port: u16) -> Vec<String> {
+/// Lines of `ss` for TCP sockets in CLOSE-WAIT owned by process `pid`.
+pub fn close_wait_of(pid: u32) -> Vec<String> {
     let out = Command::new("ss")
-        .args(["-Htan", "state", "close-wait"])
+        .args(["-Htanp", "state", "close-wait"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&format!(":{port} ")) || l.ends_with(&format!(":{port}")))
+        .filter(|l| l.contains(&format!("pid={pid},")))
         .map(str::to_string)
         .collect()
+}
+
+/// Debian's nginx run as our own process, with everything inside its prefix.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    _proc: Proc,
+}
+
+impl Nginx {
+    /// `server` is the body of one `server {}` block; `{listen}` in it becomes the address
+    /// and `{http}` extra text goes in the `http {}` block.
+    pub fn start(http_extra: &str, server: &str) -> Nginx {
+        let dir = TempDir::new("nginx");
+        let p = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\nuser nobody nogroup;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {p}/tmp/body;\n proxy_temp_path {p}/tmp/proxy;\n \
+             fastcgi_temp_path {p}/tmp/fastcgi;\n uwsgi_temp_path {p}/tmp/uwsgi;\n scgi_temp_path {p}/tmp/scgi;\n \
+             {http_extra}\n server {{\n{}\n }}\n}}\n",
+            server.replace("{listen}", &addr.to_string())
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (run scripts/setup.sh)");
+        let n = Nginx {
+            addr,
+            dir,
+            _proc: Proc(child),
+        };
+        wait_for_port(addr, "nginx");
+        n
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// Waits up to `within` for no CLOSE-WAIT socket of process `pid`; returns what is left.
+pub fn close_wait_settles(pid: u32, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = close_wait_of(pid);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        #[allow(clippy::disallowed_methods)] // polling the kernel's socket table
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A slow client: a small receive buffer, a pause between reads, and longer pauses once the
+/// body reaches given sizes. Reads until `expect` body bytes or EOF.
+pub struct SlowClient {
+    pub rcvbuf: usize,
+    pub read_size: usize,
+    pub per_read: Duration,
+    /// (body bytes received, pause): each taken once, in order.
+    pub pauses: Vec<(usize, Duration)>,
+}
+
+pub struct SlowResult {
+    pub head: String,
+    pub body: Vec<u8>,
+    /// (time, body bytes so far) after every read.
+    pub timeline: Vec<(Instant, usize)>,
+    /// The connection ended (EOF or reset) before `expect` bytes.
+    pub cut_short: bool,
+}
+
+impl SlowClient {
+    pub fn get(&self, addr: SocketAddr, path: &str, expect: usize) -> SlowResult {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(self.rcvbuf).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let mut stream: TcpStream = sock.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream.write_all(&request("GET", path, &[])).unwrap();
+        let mut raw = Vec::new();
+        let mut timeline = Vec::new();
+        let mut head_len = None;
+        let mut pauses = self.pauses.iter().peekable();
+        let mut chunk = vec![0u8; self.read_size];
+        let mut cut_short = true;
+        loop {
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            raw.extend_from_slice(&chunk[..n]);
+            if head_len.is_none() {
+                head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+            }
+            let body = raw.len().saturating_sub(head_len.unwrap_or(raw.len()));
+            timeline.push((Instant::now(), body));
+            if head_len.is_some() && body >= expect {
+                cut_short = false;
+                break;
+            }
+            #[allow(clippy::disallowed_methods)] // the client is slow on purpose
+            {
+                if let Some((_, d)) = pauses.next_if(|(at, _)| body >= *at) {
+                    std::thread::sleep(*d);
+                }
+                std::thread::sleep(self.per_read);
+            }
+        }
+        let head_len = head_len.unwrap_or(raw.len());
+        let body = raw.split_off(head_len);
+        SlowResult {
+            head: String::from_utf8_lossy(&raw).into_owned(),
+            body,
+            timeline,
+            cut_short,
+        }
+    }
 }

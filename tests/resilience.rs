@@ -1,0 +1,360 @@
+//! SPEC §1 and §4: a download arrives whole or visibly broken, whatever the client speed and
+//! whatever the S3 side does, and no socket is left in CLOSE-WAIT. Real tailgate, real
+//! s3s-fs, real nginx as the "S3 gateway", and a fault relay.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::relay::{Event, Fault, Relay};
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+const HEAD: usize = 64 * MIB;
+
+/// nginx in front of s3s-fs as the origin story's gateway: a tiny send buffer, 2 s send and
+/// keep-alive timeouts, and a reset for timed-out connections.
+fn gateway(s3: &S3) -> Nginx {
+    Nginx::start(
+        &format!("upstream s3 {{ server {}; keepalive 16; }}", s3.addr),
+        "  listen {listen} sndbuf=16k;\n  send_timeout 2s;\n  keepalive_timeout 2s;\n  reset_timedout_connection on;\n  \
+         location / {\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n   \
+         proxy_set_header Host $http_host;\n   proxy_max_temp_file_size 0;\n  }",
+    )
+}
+
+fn slow(pauses: Vec<(usize, Duration)>) -> SlowClient {
+    SlowClient {
+        rcvbuf: 16 * 1024,
+        read_size: 16 * 1024,
+        per_read: Duration::from_micros(200),
+        pauses,
+    }
+}
+
+fn assert_no_close_wait(tg: &Tailgate) {
+    let left = close_wait_settles(tg.proc.0.id(), Duration::from_secs(5));
+    assert!(left.is_empty(), "CLOSE-WAIT sockets left: {left:?}");
+}
+
+#[test]
+fn the_origin_story_through_a_resetting_gateway() {
+    // 1. Two composites of 64 MiB: one with a small tail, one with a 1.5 MiB tail. The
+    //    head is larger than what the kernel buffers between gateway and client can absorb
+    //    (tcp_rmem max 32 MiB here), so a paused client does stall the gateway's sends.
+    let s3 = S3::start();
+    let small = upload_package(
+        &s3,
+        "story/small",
+        bytes(HEAD, 11),
+        vec![("ch", bytes(40_000, 12))],
+    );
+    let large = upload_package(
+        &s3,
+        "story/large",
+        bytes(HEAD, 13),
+        vec![("ch", bytes(1536 * 1024, 14))],
+    );
+    // 2. The gateway resets any connection left unread for 2 s; tailgate keeps idle pooled
+    //    connections longer than the gateway does, so the gateway's FIN must be noticed.
+    let gw = gateway(&s3);
+    let tg = Tailgate::start(&conf(
+        &format!("http://{}", gw.addr),
+        SK,
+        "",
+        "keepalive_timeout 20s; read_timeout 5s;",
+    ));
+    // 3. A slow client with a small receive buffer pauses in the head, and for the large tail
+    //    once more inside the tail. The pause is long: while tailgate does not read, the
+    //    kernel still trickles its receive window open (collapsing queued buffers) for
+    //    several seconds, and every trickle restarts the gateway's send_timeout; only once
+    //    the window is really shut do the gateway's 2 s run out.
+    let pause = Duration::from_secs(12);
+    let r = slow(vec![(8 * MIB, pause)]).get(tg.addr, "/apk/story/small/ch.apk", HEAD + 40_000);
+    assert!(
+        !r.cut_short && r.body == small.full("ch"),
+        "small-tail body differs ({} bytes)",
+        r.body.len()
+    );
+    let r = slow(vec![
+        (8 * MIB, pause),
+        (HEAD + 512 * 1024, Duration::from_secs(4)),
+    ])
+    .get(tg.addr, "/apk/story/large/ch.apk", HEAD + 1536 * 1024);
+    assert!(
+        !r.cut_short && r.body == large.full("ch"),
+        "large-tail body differs ({} bytes)",
+        r.body.len()
+    );
+    // 4. The pauses did bite: the gateway cut connections and tailgate resumed.
+    let resumes = tg.log().matches("resumed").count();
+    assert!(
+        resumes >= 2,
+        "{resumes} downloads resumed, want both: {}\n--- gateway:\n{}",
+        tg.log(),
+        gw.error_log()
+    );
+    // 5. After the gateway's idle timeout, nothing of tailgate's is left in CLOSE-WAIT.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_no_close_wait(&tg);
+}
+
+#[test]
+fn idle_pooled_connections_closed_by_the_gateway_do_not_linger() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "idle", bytes(MIB, 21), vec![("a", bytes(1000, 22))]);
+    let gw = gateway(&s3);
+    let tg = Tailgate::start(&conf(
+        &format!("http://{}", gw.addr),
+        SK,
+        "",
+        "keepalive_timeout 60s; retries 0;",
+    ));
+    assert!(tg.get("/apk/idle/a.apk", &[]).body == pkg.full("a"));
+    // The gateway closes its side after 2 s; the sweep must close ours within about 1 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let left = close_wait_of(tg.proc.0.id());
+    assert!(left.is_empty(), "pooled sockets in CLOSE-WAIT: {left:?}");
+    // And the next request is not sent on a dead connection (retries 0: no second chance).
+    assert!(tg.get("/apk/idle/a.apk", &[]).body == pkg.full("a"));
+}
+
+fn relay_setup(extra_s3: &str) -> (S3, Relay, Tailgate, Package) {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "f",
+        bytes(6 * MIB, 31),
+        vec![("ch", bytes(300_000, 32))],
+    );
+    let relay = Relay::start(s3.addr);
+    let tg = Tailgate::start(
+        &conf(
+            &relay.endpoint(),
+            SK,
+            "",
+            &format!(
+                "read_timeout 1s; {} {extra_s3}",
+                if extra_s3.contains("retry_backoff") {
+                    ""
+                } else {
+                    "retry_backoff 20ms;"
+                }
+            ),
+        )
+        .replace("worker_threads 2;", "worker_threads 1;"),
+    );
+    (s3, relay, tg, pkg)
+}
+
+fn head_ranges(relay: &Relay, what: &str) -> Vec<String> {
+    relay
+        .requests()
+        .into_iter()
+        .filter(|r| r.2.contains(what))
+        .filter_map(|r| r.3)
+        .collect()
+}
+
+#[test]
+fn resets_closes_and_stalls_are_resumed_at_the_exact_offset() {
+    let (_s3, relay, tg, pkg) = relay_setup("retries 3;");
+    let full = pkg.full("ch");
+    let cases = [
+        ("/f/base.apk", Fault::ResetAfter(MIB as u64)),
+        ("/f/base.apk", Fault::CloseAfter(3 * MIB as u64)),
+        (
+            "/f/base.apk",
+            Fault::StallAfter(2 * MIB as u64, Duration::from_secs(3)),
+        ),
+        ("/f/tails/ch", Fault::ResetAfter(100_000)),
+        ("/f/tails/ch", Fault::CloseAfter(1000)),
+    ];
+    for (path, fault) in cases {
+        let before = head_ranges(&relay, path).len();
+        relay.add_rule(path, fault.clone(), 1);
+        let r = tg.get("/apk/f/ch.apk", &[]);
+        assert_eq!(r.status, 200, "{fault:?}");
+        assert!(
+            r.body == full,
+            "{fault:?}: body differs ({} of {} bytes)",
+            r.body.len(),
+            full.len()
+        );
+        // The resumed request asks for exactly the bytes the client had not been sent.
+        let ranges = head_ranges(&relay, path);
+        assert_eq!(ranges.len(), before + 2, "{fault:?}: {ranges:?}");
+        let resumed_at: u64 = ranges[before + 1]
+            .strip_prefix("bytes=")
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(resumed_at > 0, "{fault:?}: resumed from 0: {ranges:?}");
+    }
+    assert_no_close_wait(&tg);
+}
+
+#[test]
+fn slow_down_before_the_head_is_retried_then_502_when_spent() {
+    let (_s3, relay, tg, pkg) = relay_setup("retries 2;");
+    relay.add_rule("/f/manifest.json", Fault::SlowDown, 1);
+    relay.add_rule("/f/base.apk", Fault::SlowDown, 2);
+    let r = tg.get("/apk/f/ch.apk", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body == pkg.full("ch"));
+    relay.add_rule("/f/base.apk", Fault::SlowDown, 3);
+    let r = tg.get("/apk/f/ch.apk", &[]);
+    assert_eq!(r.status, 502, "retries spent before the head: 502");
+    assert_no_close_wait(&tg);
+}
+
+#[test]
+fn a_stall_before_the_head_with_retries_spent_is_a_504() {
+    let (_s3, relay, tg, _pkg) = relay_setup("retries 0;");
+    let _ = tg.get("/apk/f/ch.apk", &[("Range", "bytes=0-0")]);
+    relay.add_rule(
+        "/f/base.apk",
+        Fault::StallAfter(0, Duration::from_secs(3)),
+        1,
+    );
+    let r = tg.get("/apk/f/ch.apk", &[("Range", "bytes=0-0")]);
+    assert_eq!(r.status, 504);
+}
+
+#[test]
+fn retries_spent_after_the_head_truncate_loudly() {
+    let (_s3, relay, tg, pkg) = relay_setup("retries 2;");
+    relay.add_rule("/f/base.apk", Fault::CloseAfter(500_000), 3);
+    let mut c = tg.client();
+    c.send(&request("GET", "/apk/f/ch.apk", &[]));
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    let full = pkg.full("ch");
+    assert_eq!(r.header("content-length").unwrap(), full.len().to_string());
+    assert!(r.body.len() < full.len(), "the body must be short");
+    assert!(r.body == full[..r.body.len()], "never a wrong byte");
+    assert!(
+        c.closed(Duration::from_secs(5)),
+        "the connection is closed at once"
+    );
+    assert!(tg.log().contains("truncated"), "{}", tg.log());
+    assert_no_close_wait(&tg);
+}
+
+#[test]
+fn an_object_replaced_mid_download_is_a_loud_truncation() {
+    let (s3, relay, tg, pkg) = relay_setup("retries 3; retry_backoff 1500ms;");
+    let full = pkg.full("ch");
+    relay.add_rule("/f/base.apk", Fault::CloseAfter(MIB as u64), 1);
+    let addr = tg.addr;
+    let download = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(&request("GET", "/apk/f/ch.apk", &[]));
+        let r = c.response(false).unwrap();
+        (r, c.closed(Duration::from_secs(10)))
+    });
+    // Once the faulty connection is gone (tailgate is in its 1.5 s backoff), replace the head.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Close { .. }))
+    {
+        assert!(Instant::now() < deadline, "the fault never fired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s3.put("f/base.apk", &bytes(6 * MIB, 99));
+    let (r, closed) = download.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.len() < full.len(),
+        "the body must be short, got all {} bytes",
+        r.body.len()
+    );
+    assert!(
+        r.body == full[..r.body.len()],
+        "never a byte of the new object"
+    );
+    assert!(closed, "the connection is closed");
+    assert_no_close_wait(&tg);
+}
+
+#[test]
+fn a_failure_on_a_reused_connection_gets_a_free_retry() {
+    let (_s3, relay, tg, pkg) = relay_setup("retries 0;");
+    let mut c = tg.client();
+    c.send(&request("GET", "/apk/f/ch.apk", &[("Range", "bytes=0-9")]));
+    assert_eq!(c.response(false).unwrap().status, 206);
+    // The pooled connection dies as the next request is sent on it: no response byte.
+    relay.add_rule("/f/base.apk", Fault::CloseAfter(0), 1);
+    c.send(&request(
+        "GET",
+        "/apk/f/ch.apk",
+        &[("Range", "bytes=10-19")],
+    ));
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, pkg.full("ch")[10..20]);
+}
+
+#[test]
+fn clients_that_abort_or_stall_release_their_upstream_connection() {
+    let (_s3, relay, tg, pkg) = relay_setup("retries 0;");
+    // 1. A client reads 100 KB of a 6 MiB body and goes away.
+    {
+        let mut c = tg.client();
+        c.send(&request("GET", "/apk/f/ch.apk", &[]));
+        let mut got = 0;
+        let mut buf = [0u8; 16384];
+        while got < 100_000 {
+            got += std::io::Read::read(&mut c.stream, &mut buf).unwrap();
+        }
+    }
+    // 2. Its upstream connection is closed, not pooled half-read.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.open_now.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "upstream connection still open: {:?}",
+            relay.events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 3. The next downloads are whole and exact.
+    for _ in 0..2 {
+        assert!(tg.get("/apk/f/ch.apk", &[]).body == pkg.full("ch"));
+    }
+    assert_no_close_wait(&tg);
+}
+
+#[test]
+fn a_client_slower_than_send_timeout_is_cut() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "st",
+        bytes(16 * MIB, 41),
+        vec![("ch", bytes(1000, 42))],
+    );
+    let relay = Relay::start(s3.addr);
+    let tg = Tailgate::start(&conf(&relay.endpoint(), SK, "send_timeout 1s;", ""));
+    let r = slow(vec![(2 * MIB, Duration::from_secs(3))]).get(
+        tg.addr,
+        "/apk/st/ch.apk",
+        16 * MIB + 1000,
+    );
+    assert!(r.cut_short, "the connection must be closed");
+    let full = pkg.full("ch");
+    assert!(r.body.len() < full.len() && r.body == full[..r.body.len()]);
+    assert_no_close_wait(&tg);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.open_now.load(Ordering::SeqCst) > 1 {
+        assert!(Instant::now() < deadline, "upstream connections left open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
