@@ -413,3 +413,73 @@ fn check_reports_file_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn client_timeouts_and_request_limits_act_as_in_nginx() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let s3 = S3::start();
+    upload_package(&s3, "t", bytes(1000, 1), vec![("a", bytes(10, 2))]);
+    let tg = Tailgate::start(
+        &conf(
+            &s3.endpoint(),
+            SK,
+            "keepalive_requests 3; keepalive_timeout 1s;",
+            "",
+        )
+        .replace("client_header_timeout 5s;", "client_header_timeout 1500ms;"),
+    );
+    // keepalive_requests: the third response says close, and the connection ends.
+    let mut c = tg.client();
+    for i in 1..=3 {
+        c.send(&request("GET", "/apk/t/a.apk", &[("Range", "bytes=0-0")]));
+        let r = c.response(false).unwrap();
+        assert_eq!(r.status, 206);
+        assert_eq!(
+            r.header("connection"),
+            if i == 3 { Some("close") } else { None },
+            "request {i}"
+        );
+    }
+    assert!(c.closed(Duration::from_secs(3)));
+    // keepalive_timeout: an idle connection is closed after about a second.
+    let mut c = tg.client();
+    c.send(&request("GET", "/apk/t/a.apk", &[]));
+    c.response(false).unwrap();
+    let idle = Instant::now();
+    assert!(c.closed(Duration::from_secs(5)));
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    // client_header_timeout counts from the first byte: a head trickled a byte every 200 ms
+    // is cut after 1.5 s in total, although no single gap is long.
+    let mut s = std::net::TcpStream::connect(tg.addr).unwrap();
+    let start = Instant::now();
+    let mut cut = false;
+    for b in
+        b"GET /apk/t/a.apk HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"
+    {
+        if s.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        #[allow(clippy::disallowed_methods)] // a slowloris client
+        std::thread::sleep(Duration::from_millis(200));
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let ended = matches!(s.read(&mut buf), Ok(0))
+            || matches!(s.read(&mut buf), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        if ended {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the trickled head was never cut");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+}

@@ -90,12 +90,24 @@ pub fn s3s_fs_binary() -> PathBuf {
 /// A running s3s-fs with one bucket.
 pub struct S3 {
     pub addr: SocketAddr,
+    /// The authority path-style requests go to.
+    pub host: String,
     _proc: Proc,
     pub dir: TempDir,
 }
 
 impl S3 {
     pub fn start() -> S3 {
+        Self::start_with(&[])
+    }
+
+    /// Accepting virtual-hosted requests on `localhost:<port>` (and path-style ones there).
+    pub fn start_virtual() -> S3 {
+        Self::start_with(&["--domain", "localhost:{port}"])
+    }
+
+    /// With extra s3s-fs options; `{port}` in them becomes the port.
+    pub fn start_with(extra: &[&str]) -> S3 {
         let dir = TempDir::new("s3");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -112,14 +124,21 @@ impl S3 {
                 "--secret-key",
                 SK,
             ])
+            .args(extra.iter().map(|a| a.replace("{port}", &port.to_string())))
             .arg(&data)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let host = if extra.is_empty() {
+            addr.to_string()
+        } else {
+            format!("localhost:{port}")
+        };
         let s3 = S3 {
             addr,
+            host,
             _proc: Proc(child),
             dir,
         };
@@ -149,7 +168,7 @@ impl S3 {
             .arg(format!("{AK}:{SK}"))
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
             .args(extra)
-            .arg(format!("http://{}{}", self.addr, path))
+            .arg(format!("http://{}{}", self.host, path))
             .output()
             .unwrap();
         let dump = String::from_utf8_lossy(&out.stdout).into_owned();

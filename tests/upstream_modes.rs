@@ -1,0 +1,101 @@
+//! The S3 side's other shapes: HTTPS through rustls (TLS 1.3 and 1.2, a private CA given by
+//! `tls_ca_file`, a wrong CA refused) and virtual-hosted addressing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A CA and a leaf for 127.0.0.1/localhost signed by it (webpki does not take a
+/// self-signed leaf as an anchor).
+fn make_certs(dir: &Path, name: &str) {
+    let d = dir.display();
+    let script = format!(
+        "set -e; cd {d}
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}-ca.key -out {name}-ca.pem -days 2 \
+           -subj /CN={name}-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}-leaf.key -out {name}-leaf.csr -subj /CN=localhost
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage=serverAuth\\n' > {name}-ext.cnf
+         openssl x509 -req -in {name}-leaf.csr -CA {name}-ca.pem -CAkey {name}-ca.key -CAcreateserial -out {name}-leaf.pem -days 2 -extfile {name}-ext.cnf"
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tls_gateway(s3: &S3, dir: &Path, protocols: &str) -> Nginx {
+    let d = dir.display();
+    Nginx::start(
+        &format!("upstream s3 {{ server {}; keepalive 8; }}", s3.addr),
+        &format!(
+            "  listen {{listen}} ssl;\n  ssl_certificate {d}/gw-leaf.pem;\n  ssl_certificate_key {d}/gw-leaf.key;\n  \
+             ssl_protocols {protocols};\n  location / {{\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   \
+             proxy_set_header Connection \"\";\n   proxy_set_header Host $http_host;\n  }}"
+        ),
+    )
+}
+
+#[test]
+fn https_with_a_private_ca_over_tls_1_3_and_1_2() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "tls",
+        bytes(2 * 1024 * 1024 + 3, 51),
+        vec![("a", bytes(70_000, 52))],
+    );
+    let certs = TempDir::new("certs");
+    make_certs(certs.path(), "gw");
+    make_certs(certs.path(), "other");
+    for protocols in ["TLSv1.3", "TLSv1.2"] {
+        let gw = tls_gateway(&s3, certs.path(), protocols);
+        let endpoint = format!("https://{}", gw.addr);
+        let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
+        let tg = Tailgate::start(&conf(&endpoint, SK, "", &ca));
+        let full = pkg.full("a");
+        let mut c = tg.client();
+        for _ in 0..2 {
+            c.send(&request("GET", "/apk/tls/a.apk", &[]));
+            let r = c.response(false).unwrap();
+            assert_eq!(r.status, 200, "{protocols}");
+            assert!(r.body == full, "{protocols}: body differs");
+        }
+        let spec = format!("bytes={}-{}", full.len() - 80_000, full.len() - 1);
+        c.send(&request("GET", "/apk/tls/a.apk", &[("Range", &spec)]));
+        let r = c.response(false).unwrap();
+        assert_eq!(r.status, 206);
+        assert!(
+            r.body == full[full.len() - 80_000..],
+            "{protocols}: range body differs"
+        );
+
+        // The same gateway is refused when the conf trusts another CA.
+        let other = format!(
+            "tls_ca_file {}/other-ca.pem; retries 0;",
+            certs.path().display()
+        );
+        let tg = Tailgate::start(&conf(&endpoint, SK, "", &other));
+        assert_eq!(
+            tg.get("/apk/tls/a.apk", &[]).status,
+            502,
+            "{protocols}: untrusted CA"
+        );
+    }
+}
+
+#[test]
+fn virtual_hosted_addressing_puts_the_bucket_in_the_host() {
+    let s3 = S3::start_virtual();
+    let pkg = upload_package(&s3, "vh", bytes(300_000, 61), vec![("a", bytes(1000, 62))]);
+    let endpoint = format!("http://localhost:{}", s3.addr.port());
+    let tg = Tailgate::start(&conf(&endpoint, SK, "", "addressing virtual;"));
+    let r = tg.get("/apk/vh/a.apk", &[("Range", "bytes=299990-300009")]);
+    assert_eq!(r.status, 206, "{}", tg.log());
+    assert_eq!(r.body, pkg.full("a")[299_990..300_010]);
+}
