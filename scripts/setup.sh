@@ -7,7 +7,7 @@ TOOLS="${TAILGATE_TOOLS:-$HOME/.cache/tailgate-tools}"
 S3S_VERSION="0.14.1"
 
 need_apt=()
-for pkg in nginx curl iproute2 ca-certificates openssl; do
+for pkg in nginx curl iproute2 ca-certificates openssl apksigner zipalign python3; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

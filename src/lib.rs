@@ -6,6 +6,7 @@ pub mod conf;
 pub mod http;
 pub mod log;
 pub mod object;
+pub mod pack;
 pub mod relay;
 pub mod route;
 pub mod server;

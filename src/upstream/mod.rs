@@ -185,6 +185,7 @@ impl Upstream {
             &seg.key,
             Some((start, last)),
             Some(&seg.etag),
+            None,
             SystemTime::now(),
         ) {
             Ok(h) => h,
@@ -331,7 +332,7 @@ impl Upstream {
             .blocks
             .get(block)
             .ok_or_else(|| UpstreamError::new(ErrorKind::Sign("no such s3 block".into())))?;
-        let head = s3::request_head(&b.conf, method, key, None, None, SystemTime::now())
+        let head = s3::request_head(&b.conf, method, key, None, None, None, SystemTime::now())
             .map_err(|e| UpstreamError::new(ErrorKind::Sign(e)))?;
         let (res, mut buf) = self
             .exchange(block, head, Vec::with_capacity(response::MAX_UPSTREAM_HEAD))

@@ -98,14 +98,15 @@ pub fn locate(s3: &S3, key: &str) -> (String, String) {
     }
 }
 
-/// A signed `GET` (or `HEAD`) of `key`, with `Range: bytes=first-last` and `If-Match`
-/// when given. The bytes end with the blank line.
+/// A signed request head for `key` (`GET`, `HEAD`, or `PUT` with `content_length`), with
+/// `Range: bytes=first-last` and `If-Match` when given. The bytes end with the blank line.
 pub fn request_head(
     s3: &S3,
     method: &str,
     key: &str,
     range: Option<(u64, u64)>,
     if_match: Option<&str>,
+    content_length: Option<u64>,
     time: SystemTime,
 ) -> Result<Vec<u8>, String> {
     let (authority, path) = locate(s3, key);
@@ -131,6 +132,9 @@ pub fn request_head(
     })?;
     let mut out =
         format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: tailgate\r\n");
+    if let Some(n) = content_length {
+        out.push_str(&format!("Content-Length: {n}\r\n"));
+    }
     for (name, value) in extra
         .iter()
         .map(|(n, v)| (*n, *v))
