@@ -22,7 +22,7 @@ pub enum Body {
     None,
     /// A `Content-Length` body of at most [`MAX_DISCARDED_BODY`] bytes.
     Length(u64),
-    /// `Transfer-Encoding: ... chunked`; not decoded: answered, then the connection is closed.
+    /// `Transfer-Encoding: ... chunked`: read and discarded within [`MAX_DISCARDED_BODY`].
     Chunked,
 }
 
@@ -197,9 +197,6 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
         return Err(ParseError::Bad("no Host header field"));
     }
     head.body = framing(minor, content_length, transfer_encoding.as_deref())?;
-    if head.body == Body::Chunked {
-        head.keep_alive = false;
-    }
     head.target = if method == Method::Other {
         target.to_string()
     } else {
@@ -472,7 +469,6 @@ mod tests {
         );
         let chunked = head("GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(chunked.body, Body::Chunked);
-        assert!(!chunked.keep_alive);
     }
 
     #[test]

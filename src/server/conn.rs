@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::http::chunked::{ChunkError, ChunkedDiscard};
 use crate::http::request::{self, Body, Method, ParseError, Parsed, RequestHead};
 use crate::http::response::{attachment, reason, ResponseHead};
 use crate::log;
@@ -38,6 +39,10 @@ enum Failure {
     Upstream(UpstreamError),
     /// A location this build does not serve yet.
     Unavailable,
+    /// If-Match or If-Unmodified-Since failed.
+    Precondition,
+    /// A chunked request body that cannot be framed or is over the bound.
+    Body(ChunkError),
 }
 
 /// The one status mapping: status code and whether the connection must close.
@@ -54,10 +59,13 @@ fn error_response(f: &Failure) -> (u16, bool) {
         Failure::Route(RouteError::BadTarget(_)) => (400, true),
         Failure::Route(RouteError::NotFound) | Failure::NotFound => (404, false),
         Failure::Method => (405, false),
+        Failure::Precondition => (412, false),
         Failure::BadObject(_) => (502, false),
         Failure::Upstream(e) if e.is_timeout() => (504, false),
         Failure::Upstream(_) => (502, false),
         Failure::Unavailable => (404, false),
+        Failure::Body(ChunkError::Malformed(_)) => (400, true),
+        Failure::Body(ChunkError::TooLarge) => (413, true),
     }
 }
 
@@ -80,18 +88,19 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
         };
         buf.drain(..head.len);
         served += 1;
-        let mut keep_alive = head.keep_alive && served < http.keepalive_requests;
-        match head.body {
-            Body::Length(n) => {
-                let (ok, back) = discard_body(&stream, buf, n, http.client_header_timeout).await;
-                buf = back;
-                if !ok {
+        let keep_alive = head.keep_alive && served < http.keepalive_requests;
+        if head.body != Body::None {
+            let (res, back) = discard_body(&stream, buf, head.body, http.client_header_timeout).await;
+            buf = back;
+            match res {
+                Ok(()) => {}
+                Err(None) => break,
+                Err(Some(e)) => {
+                    log::info!("client {peer}: request body: {e:?}");
+                    send_error(&stream, &Failure::Body(e), head.method == Method::Head, head.minor, true).await;
                     break;
                 }
             }
-            // Chunked bodies are not decoded: answer, then close, so nothing is misframed.
-            Body::Chunked => keep_alive = false,
-            Body::None => {}
         }
         if !respond(&stream, &w, &head, keep_alive).await || !keep_alive {
             break;
@@ -151,35 +160,53 @@ async fn read_head(
     }
 }
 
-/// Reads and drops a request body of `n` bytes (at most 64 KiB, checked by the parser).
+/// Reads and drops a request body: a `Content-Length` one (at most 64 KiB, checked by the
+/// parser) or a chunked one (bounded by [`ChunkedDiscard`]). Bytes after the body stay in
+/// `buf` for the next request. `Err(None)`: the peer went away or timed out;
+/// `Err(Some(_))`: the chunked framing is refused.
 async fn discard_body(
     stream: &TcpStream,
     mut buf: Vec<u8>,
-    n: u64,
+    body: Body,
     timeout: Duration,
-) -> (bool, Vec<u8>) {
-    let in_buf = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-    buf.drain(..in_buf);
-    let mut left = n.saturating_sub(in_buf as u64);
-    let mut scratch = Vec::with_capacity(usize::try_from(left).unwrap_or(0).min(16 * 1024));
-    while left > 0 {
-        scratch.clear();
-        let max = usize::try_from(left)
-            .unwrap_or(usize::MAX)
-            .min(scratch.capacity());
-        match tokio::time::timeout(timeout, stream.read(scratch.slice(0..max))).await {
-            Ok((Ok(got), slice)) if got > 0 => {
-                left = left.saturating_sub(got as u64);
-                scratch = slice.into_inner();
+) -> (Result<(), Option<ChunkError>>, Vec<u8>) {
+    let mut left = match body {
+        Body::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunked = (body == Body::Chunked).then(|| ChunkedDiscard::new(request::MAX_DISCARDED_BODY));
+    let cap = buf.capacity();
+    loop {
+        let used = match &mut chunked {
+            Some(d) => match d.feed(&buf) {
+                Ok(n) => n,
+                Err(e) => return (Err(Some(e)), buf),
+            },
+            None => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                left -= n as u64;
+                n
             }
-            Ok(_) => return (false, buf),
+        };
+        buf.drain(..used);
+        let done = match &chunked {
+            Some(d) => d.is_done(),
+            None => left == 0,
+        };
+        if done {
+            return (Ok(()), buf);
+        }
+        // Everything in `buf` was body: read more into the (now empty) head buffer.
+        let read = stream.read(buf.slice(0..cap));
+        match tokio::time::timeout(timeout, read).await {
+            Ok((Ok(got), slice)) if got > 0 => buf = slice.into_inner(),
+            Ok((_, slice)) => return (Err(None), slice.into_inner()),
             Err(_) => {
                 let _ = stream.shutdown(Shutdown::Both);
-                return (false, buf);
+                return (Err(None), Vec::with_capacity(cap));
             }
         }
     }
-    (true, buf)
 }
 
 /// Answers one request. Returns whether the connection may serve another.
@@ -332,7 +359,8 @@ async fn serve_composite(
             return write_all(stream, resp.encode(), w).await && keep_alive;
         }
         Outcome::Failed => {
-            return send_error_head(stream, 412, !is_get, req.minor, keep_alive, w).await
+            return send_error(stream, &Failure::Precondition, !is_get, req.minor, !keep_alive).await
+                && keep_alive
         }
         Outcome::Proceed { honour_range } => honour_range,
     };
@@ -491,28 +519,33 @@ async fn send_error(
         bytes.extend_from_slice(body.as_bytes());
     }
     let ok = write_plain(stream, bytes).await;
-    if !keep {
-        let _ = stream.shutdown(Shutdown::Both);
+    if !keep && ok {
+        linger_close(stream).await;
     }
     ok && keep
 }
 
-async fn send_error_head(
-    stream: &TcpStream,
-    status: u16,
-    is_head: bool,
-    minor: u8,
-    keep_alive: bool,
-    w: &Worker,
-) -> bool {
-    let body = format!("{status} {}\n", reason(status));
-    let mut r = ResponseHead::new(status, body.len() as u64, keep_alive, minor);
-    r.content_type = Some("text/plain".into());
-    let mut bytes = r.encode();
-    if !is_head {
-        bytes.extend_from_slice(body.as_bytes());
+/// nginx's lingering close: after an error response on a connection that will close, stop
+/// sending, then read and drop what the client is still sending for a short, bounded time,
+/// so that unread request bytes do not turn the close into a reset that destroys the
+/// response before the client reads it.
+async fn linger_close(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut scratch = Vec::with_capacity(16 * 1024);
+    let mut budget: usize = 1 << 20;
+    while budget > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        scratch.clear();
+        match tokio::time::timeout(wait, stream.read(scratch)).await {
+            Ok((Ok(n), back)) if n > 0 => {
+                budget = budget.saturating_sub(n);
+                scratch = back;
+            }
+            _ => break,
+        }
     }
-    write_all(stream, bytes, w).await && keep_alive
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 async fn write_all(stream: &TcpStream, bytes: Vec<u8>, w: &Worker) -> bool {
