@@ -2,7 +2,7 @@
 //! smuggling shapes, bad targets, bad headers, bodies, versions — each with the status it
 //! must get and whether the connection must close; after each, a normal request must still
 //! be served (on the same connection when it stays open).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
@@ -14,12 +14,21 @@ use common::*;
 const OK: &str = "GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\nRange: bytes=0-0\r\n\r\n";
 
 fn cases() -> Vec<(&'static str, Vec<u8>, u16, bool)> {
-    let g = |extra: &str| format!("GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes();
+    let g =
+        |extra: &str| format!("GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes();
     let line = |l: &str| format!("{l}\r\nHost: t\r\n\r\n").into_bytes();
     let long_target = format!("GET /apk/{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
-    let long_header = format!("GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(9000));
-    let many_headers = format!("GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-N: 1\r\n".repeat(101));
-    let big_chunk = b"GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n20000\r\n".to_vec();
+    let long_header = format!(
+        "GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(9000)
+    );
+    let many_headers = format!(
+        "GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        "X-N: 1\r\n".repeat(101)
+    );
+    let big_chunk =
+        b"GET /apk/h/a.apk HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n20000\r\n"
+            .to_vec();
     let b = |s: &str| s.as_bytes().to_vec();
     vec![
         // served
@@ -125,10 +134,15 @@ fn every_hostile_request_gets_its_status_and_the_server_goes_on() {
         // A peer may still be writing when the server answers and closes.
         let _ = c.stream.write_all(&raw);
         let head_only = raw.starts_with(b"HEAD");
-        let r = c.response(head_only).unwrap_or_else(|| panic!("{name}: no response"));
+        let r = c
+            .response(head_only)
+            .unwrap_or_else(|| panic!("{name}: no response"));
         assert_eq!(r.status, status, "{name}");
         if name.starts_with("TRACE") {
-            assert!(!String::from_utf8_lossy(&r.body).contains("s3cr3t"), "TRACE echoed");
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains("s3cr3t"),
+                "TRACE echoed"
+            );
         }
         if status == 200 && !head_only {
             assert!(r.body == full, "{name}: body differs");
@@ -138,8 +152,84 @@ fn every_hostile_request_gets_its_status_and_the_server_goes_on() {
             c = tg.client();
         }
         c.send(OK.as_bytes());
-        let after = c.response(false).unwrap_or_else(|| panic!("{name}: no response to the next request"));
+        let after = c
+            .response(false)
+            .unwrap_or_else(|| panic!("{name}: no response to the next request"));
         assert_eq!(after.status, 206, "{name}: the next request");
         assert_eq!(after.body, full[..1], "{name}: the next request's body");
     }
+}
+
+#[test]
+fn worker_connections_and_the_fd_limit_refuse_cleanly() {
+    use std::io::Read;
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "h", bytes(5000, 71), vec![("a", bytes(100, 72))]);
+    // 1. worker_connections 3 on one worker: a fourth connection is closed at once.
+    let tg = Tailgate::start(
+        &conf(&s3.endpoint(), SK, "worker_connections 3;", "")
+            .replace("worker_threads 2;", "worker_threads 1;"),
+    );
+    let held: Vec<Client> = (0..3).map(|_| tg.client()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = tg.client();
+    extra
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(extra.stream.read(&mut b), Ok(0) | Err(_)),
+        "over worker_connections must be closed"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tg.get("/apk/h/a.apk", &[]).body, pkg.full("a"));
+
+    // 2. An fd limit far below the connections offered: no crash, and service resumes.
+    let dir = TempDir::new("fdlimit");
+    let conf_path = dir.path().join("t.conf");
+    std::fs::write(
+        &conf_path,
+        conf(&s3.endpoint(), SK, "", "").replace("worker_threads 2;", "worker_threads 1;"),
+    )
+    .unwrap();
+    let log = dir.path().join("error.log");
+    let child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 40 && exec {} serve -c {}",
+            env!("CARGO_BIN_EXE_tailgate"),
+            conf_path.display()
+        ))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(a) = text.lines().find_map(|l| l.split("listening on ").nth(1)) {
+            break a.trim().parse::<std::net::SocketAddr>().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_for_port(addr, "tailgate");
+    let flood: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        proc.0.try_wait().unwrap().is_none(),
+        "tailgate died at the fd limit"
+    );
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = Client::connect(addr);
+    c.send(OK.as_bytes());
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 206);
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains("accept"),
+        "the fd limit is logged"
+    );
 }

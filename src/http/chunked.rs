@@ -14,17 +14,31 @@ pub enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// In a chunk extension of `len` bytes so far, up to CR.
-    Ext { size: u64, len: usize },
+    Ext {
+        size: u64,
+        len: usize,
+    },
     /// Expecting the LF after a size line's CR.
-    SizeLf { size: u64 },
-    Data { left: u64 },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// A trailer field line (or the final empty line when `len == 0`).
-    Trailer { len: usize },
-    TrailerLf { empty: bool },
+    Trailer {
+        len: usize,
+    },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -42,7 +56,15 @@ pub struct ChunkedDiscard {
 
 impl ChunkedDiscard {
     pub fn new(limit: u64) -> Self {
-        ChunkedDiscard { state: State::Size { value: 0, digits: 0 }, body: 0, limit, trailer_bytes: 0 }
+        ChunkedDiscard {
+            state: State::Size {
+                value: 0,
+                digits: 0,
+            },
+            body: 0,
+            limit,
+            trailer_bytes: 0,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -62,12 +84,20 @@ impl ChunkedDiscard {
                         if digits >= 16 {
                             return Err(ChunkError::Malformed("chunk size overflows"));
                         }
-                        State::Size { value: value << 4 | u64::from(d), digits: digits + 1 }
+                        State::Size {
+                            value: value << 4 | u64::from(d),
+                            digits: digits + 1,
+                        }
                     }
-                    None if digits == 0 => return Err(ChunkError::Malformed("chunk size is not hex")),
+                    None if digits == 0 => {
+                        return Err(ChunkError::Malformed("chunk size is not hex"))
+                    }
                     None if b == b';' => {
                         self.pending_size(value)?;
-                        State::Ext { size: value, len: 0 }
+                        State::Ext {
+                            size: value,
+                            len: 0,
+                        }
                     }
                     None if b == b'\r' => {
                         self.pending_size(value)?;
@@ -82,7 +112,9 @@ impl ChunkedDiscard {
                     match b {
                         b'\r' => State::SizeLf { size },
                         b'\t' => State::Ext { size, len: len + 1 },
-                        c if c < 0x20 || c == 0x7f => return Err(ChunkError::Malformed("control byte in a chunk extension")),
+                        c if c < 0x20 || c == 0x7f => {
+                            return Err(ChunkError::Malformed("control byte in a chunk extension"))
+                        }
                         _ => State::Ext { size, len: len + 1 },
                     }
                 }
@@ -100,12 +132,21 @@ impl ChunkedDiscard {
                     let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
                     i += n;
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::DataCr } else { State::Data { left } };
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { left }
+                    };
                     continue;
                 }
                 State::DataCr if b == b'\r' => State::DataLf,
-                State::DataLf if b == b'\n' => State::Size { value: 0, digits: 0 },
-                State::DataCr | State::DataLf => return Err(ChunkError::Malformed("chunk data not followed by CRLF")),
+                State::DataLf if b == b'\n' => State::Size {
+                    value: 0,
+                    digits: 0,
+                },
+                State::DataCr | State::DataLf => {
+                    return Err(ChunkError::Malformed("chunk data not followed by CRLF"))
+                }
                 State::Trailer { len } => {
                     self.trailer_bytes += 1;
                     if self.trailer_bytes > MAX_TRAILERS || len >= MAX_LINE {
@@ -114,7 +155,9 @@ impl ChunkedDiscard {
                     match b {
                         b'\r' => State::TrailerLf { empty: len == 0 },
                         b'\t' => State::Trailer { len: len + 1 },
-                        c if c < 0x20 || c == 0x7f => return Err(ChunkError::Malformed("control byte in a trailer")),
+                        c if c < 0x20 || c == 0x7f => {
+                            return Err(ChunkError::Malformed("control byte in a trailer"))
+                        }
                         _ => State::Trailer { len: len + 1 },
                     }
                 }
@@ -159,25 +202,56 @@ mod tests {
         let ok: &[(&[u8], usize)] = &[
             (b"0\r\n\r\nNEXT", 5),
             (b"5\r\nhello\r\n0\r\n\r\n", 15),
-            (b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: y\r\n\r\nGET", 44),
+            (
+                b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: y\r\n\r\nGET",
+                44,
+            ),
             (b"000\r\n\r\n", 7),
         ];
         for (input, consumed) in ok {
-            assert_eq!(run(input), Ok((*consumed, true)), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                run(input),
+                Ok((*consumed, true)),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         let bad: &[(&[u8], ChunkError)] = &[
             (b"x\r\n", ChunkError::Malformed("chunk size is not hex")),
-            (b"5 \r\n", ChunkError::Malformed("invalid byte after a chunk size")),
-            (b"5\nhello", ChunkError::Malformed("invalid byte after a chunk size")),
-            (b"5\r\nhelloX", ChunkError::Malformed("chunk data not followed by CRLF")),
-            (b"0\r\n\n", ChunkError::Malformed("control byte in a trailer")),
-            (b"11111111111111111\r\n", ChunkError::Malformed("chunk size overflows")),
+            (
+                b"5 \r\n",
+                ChunkError::Malformed("invalid byte after a chunk size"),
+            ),
+            (
+                b"5\nhello",
+                ChunkError::Malformed("invalid byte after a chunk size"),
+            ),
+            (
+                b"5\r\nhelloX",
+                ChunkError::Malformed("chunk data not followed by CRLF"),
+            ),
+            (
+                b"0\r\n\n",
+                ChunkError::Malformed("control byte in a trailer"),
+            ),
+            (
+                b"11111111111111111\r\n",
+                ChunkError::Malformed("chunk size overflows"),
+            ),
             (b"10001\r\n", ChunkError::TooLarge),
             (b"ffffffffffffffff\r\n", ChunkError::TooLarge),
-            (b"1;a\x00\r\n", ChunkError::Malformed("control byte in a chunk extension")),
+            (
+                b"1;a\x00\r\n",
+                ChunkError::Malformed("control byte in a chunk extension"),
+            ),
         ];
         for (input, want) in bad {
-            assert_eq!(run(input), Err(*want), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                run(input),
+                Err(*want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         assert_eq!(run(b"5\r\nhel"), Ok((6, false)));
     }

@@ -90,14 +90,22 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
         served += 1;
         let keep_alive = head.keep_alive && served < http.keepalive_requests;
         if head.body != Body::None {
-            let (res, back) = discard_body(&stream, buf, head.body, http.client_header_timeout).await;
+            let (res, back) =
+                discard_body(&stream, buf, head.body, http.client_header_timeout).await;
             buf = back;
             match res {
                 Ok(()) => {}
                 Err(None) => break,
                 Err(Some(e)) => {
                     log::info!("client {peer}: request body: {e:?}");
-                    send_error(&stream, &Failure::Body(e), head.method == Method::Head, head.minor, true).await;
+                    send_error(
+                        &stream,
+                        &Failure::Body(e),
+                        head.method == Method::Head,
+                        head.minor,
+                        true,
+                    )
+                    .await;
                     break;
                 }
             }
@@ -174,7 +182,8 @@ async fn discard_body(
         Body::Length(n) => n,
         _ => 0,
     };
-    let mut chunked = (body == Body::Chunked).then(|| ChunkedDiscard::new(request::MAX_DISCARDED_BODY));
+    let mut chunked =
+        (body == Body::Chunked).then(|| ChunkedDiscard::new(request::MAX_DISCARDED_BODY));
     let cap = buf.capacity();
     loop {
         let used = match &mut chunked {
@@ -359,7 +368,14 @@ async fn serve_composite(
             return write_all(stream, resp.encode(), w).await && keep_alive;
         }
         Outcome::Failed => {
-            return send_error(stream, &Failure::Precondition, !is_get, req.minor, !keep_alive).await
+            return send_error(
+                stream,
+                &Failure::Precondition,
+                !is_get,
+                req.minor,
+                !keep_alive,
+            )
+            .await
                 && keep_alive
         }
         Outcome::Proceed { honour_range } => honour_range,

@@ -1,0 +1,288 @@
+//! The range and conditional matrix (RFC 9110 §13, §14): every case compared byte for byte
+//! with the representation it must produce, through the real binary and a real S3.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+const H: u64 = 100_000;
+const L: u64 = 105_000;
+const LM: &str = "Wed, 25 Nov 2026 10:00:00 GMT";
+
+#[derive(Debug, Clone)]
+enum Want {
+    Full,
+    /// Inclusive byte ranges, in response order.
+    Parts(Vec<(u64, u64)>),
+    Unsatisfiable,
+    NotModified,
+    Failed,
+}
+
+fn cases(etag: &str) -> Vec<(String, Vec<(String, String)>, Want)> {
+    use Want::*;
+    let r = |spec: &str| vec![("Range".to_string(), spec.to_string())];
+    let rh = |spec: &str, name: &str, value: &str| {
+        vec![
+            ("Range".to_string(), spec.to_string()),
+            (name.to_string(), value.to_string()),
+        ]
+    };
+    let p = |v: &[(u64, u64)]| Parts(v.to_vec());
+    let sixteen: Vec<String> = (0..16)
+        .map(|i| format!("{}-{}", i * 100, i * 100 + 9))
+        .collect();
+    let seventeen = format!("bytes={},5000-5001", sixteen.join(","));
+    let sixteen_parts: Vec<(u64, u64)> = (0..16).map(|i| (i * 100, i * 100 + 9)).collect();
+    let e = etag.to_string();
+    vec![
+        ("first byte".into(), r("bytes=0-0"), p(&[(0, 0)])),
+        ("first 500".into(), r("bytes=0-499"), p(&[(0, 499)])),
+        ("second 500".into(), r("bytes=500-999"), p(&[(500, 999)])),
+        ("suffix 500".into(), r("bytes=-500"), p(&[(L - 500, L - 1)])),
+        (
+            "open-ended".into(),
+            r(&format!("bytes={}-", L - 500)),
+            p(&[(L - 500, L - 1)]),
+        ),
+        (
+            "first and last".into(),
+            r("bytes=0-0,-1"),
+            p(&[(0, 0), (L - 1, L - 1)]),
+        ),
+        (
+            "adjacent coalesce".into(),
+            r("bytes=500-600,601-999"),
+            p(&[(500, 999)]),
+        ),
+        ("overlap ignored".into(), r("bytes=500-700,601-999"), Full),
+        (
+            "the seam".into(),
+            r(&format!("bytes={}-{}", H - 1, H)),
+            p(&[(H - 1, H)]),
+        ),
+        (
+            "exactly the tail".into(),
+            r(&format!("bytes={H}-")),
+            p(&[(H, L - 1)]),
+        ),
+        ("suffix = tail".into(), r("bytes=-5000"), p(&[(H, L - 1)])),
+        (
+            "suffix one into head".into(),
+            r("bytes=-5001"),
+            p(&[(H - 1, L - 1)]),
+        ),
+        ("zero-open is 206".into(), r("bytes=0-"), p(&[(0, L - 1)])),
+        (
+            "end clamped".into(),
+            r("bytes=0-99999999"),
+            p(&[(0, L - 1)]),
+        ),
+        (
+            "start at length".into(),
+            r(&format!("bytes={L}-")),
+            Unsatisfiable,
+        ),
+        ("suffix zero".into(), r("bytes=-0"), Unsatisfiable),
+        (
+            "past the end".into(),
+            r(&format!("bytes={L}-{}", L + 5)),
+            Unsatisfiable,
+        ),
+        ("reversed".into(), r("bytes=5-4"), Full),
+        ("not numbers".into(), r("bytes=abc"), Full),
+        ("empty set".into(), r("bytes="), Full),
+        ("unit case".into(), r("BYTES=1-2"), p(&[(1, 2)])),
+        ("spaces".into(), r("bytes= 1-2 , 4-5"), p(&[(1, 2), (4, 5)])),
+        (
+            "out of order".into(),
+            r("bytes=4-5,1-2"),
+            p(&[(1, 2), (4, 5)]),
+        ),
+        ("trailing comma".into(), r("bytes=0-5,"), Full),
+        ("unknown unit".into(), r("items=0-5"), Full),
+        ("seventeen parts".into(), r(&seventeen), Full),
+        (
+            "sixteen parts".into(),
+            r(&format!("bytes={}", sixteen.join(","))),
+            p(&sixteen_parts),
+        ),
+        (
+            "three with the seam".into(),
+            r(&format!("bytes=0-1,{}-{},{}-", H - 1, H, L - 2)),
+            p(&[(0, 1), (H - 1, H), (L - 2, L - 1)]),
+        ),
+        (
+            "tail part then head part".into(),
+            r("bytes=20000-,0-9"),
+            p(&[(0, 9), (20000, L - 1)]),
+        ),
+        (
+            "unsatisfiable part dropped".into(),
+            r(&format!("bytes={L}-,0-9")),
+            p(&[(0, 9)]),
+        ),
+        (
+            "huge end".into(),
+            r("bytes=0-999999999999999999999999"),
+            p(&[(0, L - 1)]),
+        ),
+        (
+            "huge start".into(),
+            r("bytes=99999999999999999999-"),
+            Unsatisfiable,
+        ),
+        (
+            "If-Range same ETag".into(),
+            rh("bytes=0-9", "If-Range", &e),
+            p(&[(0, 9)]),
+        ),
+        (
+            "If-Range other ETag".into(),
+            rh("bytes=0-9", "If-Range", "\"x\""),
+            Full,
+        ),
+        (
+            "If-Range weak".into(),
+            rh("bytes=0-9", "If-Range", &format!("W/{e}")),
+            Full,
+        ),
+        (
+            "If-Range exact date".into(),
+            rh("bytes=0-9", "If-Range", LM),
+            p(&[(0, 9)]),
+        ),
+        (
+            "If-Range later date".into(),
+            rh("bytes=0-9", "If-Range", "Thu, 26 Nov 2026 10:00:00 GMT"),
+            Full,
+        ),
+        (
+            "If-None-Match wins over Range".into(),
+            rh("bytes=0-9", "If-None-Match", &e),
+            NotModified,
+        ),
+        (
+            "If-Match fails first".into(),
+            rh("bytes=0-9", "If-Match", "\"x\""),
+            Failed,
+        ),
+        (
+            "If-Match ok".into(),
+            rh("bytes=0-9", "If-Match", &e),
+            p(&[(0, 9)]),
+        ),
+        (
+            "If-Match star".into(),
+            rh("bytes=0-9", "If-Match", "*"),
+            p(&[(0, 9)]),
+        ),
+        (
+            "If-Unmodified-Since earlier".into(),
+            rh(
+                "bytes=0-9",
+                "If-Unmodified-Since",
+                "Tue, 24 Nov 2026 10:00:00 GMT",
+            ),
+            Failed,
+        ),
+        (
+            "If-Modified-Since later".into(),
+            rh(
+                "bytes=0-9",
+                "If-Modified-Since",
+                "Thu, 26 Nov 2026 10:00:00 GMT",
+            ),
+            NotModified,
+        ),
+        (
+            "If-None-Match other beats IMS".into(),
+            vec![
+                ("Range".into(), "bytes=0-9".into()),
+                ("If-None-Match".into(), "\"x\"".into()),
+                ("If-Modified-Since".into(), LM.into()),
+            ],
+            p(&[(0, 9)]),
+        ),
+        ("no headers".into(), vec![], Full),
+    ]
+}
+
+#[test]
+fn range_and_conditional_matrix() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "m",
+        bytes(H as usize, 81),
+        vec![("v", bytes((L - H) as usize, 82))],
+    );
+    let full = pkg.full("v");
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
+    let path = "/apk/m/v.apk";
+    let etag = tg.get(path, &[]).header("etag").unwrap().to_string();
+    let table = cases(&etag);
+    assert!(table.len() >= 40);
+    let mut c = tg.client();
+    for (name, headers, want) in table {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        c.send(&request("GET", path, &h));
+        let r = c
+            .response(false)
+            .unwrap_or_else(|| panic!("{name}: no response"));
+        match &want {
+            Want::Full => {
+                assert_eq!(r.status, 200, "{name}");
+                assert!(r.body == full, "{name}: body");
+            }
+            Want::Parts(p) if p.len() == 1 => {
+                let (a, b) = p[0];
+                assert_eq!(r.status, 206, "{name}");
+                assert_eq!(
+                    r.header("content-range").unwrap(),
+                    format!("bytes {a}-{b}/{L}"),
+                    "{name}"
+                );
+                assert!(r.body == full[a as usize..=b as usize], "{name}: body");
+            }
+            Want::Parts(p) => {
+                assert_eq!(r.status, 206, "{name}");
+                let boundary = r
+                    .header("content-type")
+                    .unwrap()
+                    .strip_prefix("multipart/byteranges; boundary=")
+                    .unwrap()
+                    .to_string();
+                let mut expect = Vec::new();
+                for &(a, b) in p {
+                    expect.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: application/vnd.android.package-archive\r\nContent-Range: bytes {a}-{b}/{L}\r\n\r\n").as_bytes());
+                    expect.extend_from_slice(&full[a as usize..=b as usize]);
+                }
+                expect.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+                assert!(r.body == expect, "{name}: multipart body");
+            }
+            Want::Unsatisfiable => {
+                assert_eq!(r.status, 416, "{name}");
+                assert_eq!(
+                    r.header("content-range").unwrap(),
+                    format!("bytes */{L}"),
+                    "{name}"
+                );
+            }
+            Want::NotModified => {
+                assert_eq!(r.status, 304, "{name}");
+                assert_eq!(r.header("etag"), Some(etag.as_str()));
+            }
+            Want::Failed => assert_eq!(r.status, 412, "{name}"),
+        }
+        if matches!(want, Want::Full | Want::Parts(_)) {
+            assert_eq!(r.header("accept-ranges"), Some("bytes"), "{name}");
+            assert_eq!(r.header("etag"), Some(etag.as_str()), "{name}");
+            assert_eq!(r.header("last-modified"), Some(LM), "{name}");
+        }
+    }
+}
