@@ -20,7 +20,10 @@ enum Want {
     Failed,
 }
 
-fn cases(etag: &str) -> Vec<(String, Vec<(String, String)>, Want)> {
+/// (name, request headers, expected outcome)
+type Case = (String, Vec<(String, String)>, Want);
+
+fn cases(etag: &str) -> Vec<Case> {
     use Want::*;
     let r = |spec: &str| vec![("Range".to_string(), spec.to_string())];
     let rh = |spec: &str, name: &str, value: &str| {
