@@ -5,6 +5,7 @@
 pub mod conf;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod object;
 pub mod pack;
 pub mod relay;

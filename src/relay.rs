@@ -6,11 +6,12 @@
 //! the client connection so the short body shows as short.
 
 use std::net::Shutdown;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::metrics::Segment as Kind;
 use crate::object::composite::Composite;
 use crate::object::plan::Fetch;
 use crate::upstream::{Upstream, UpstreamError};
@@ -39,6 +40,10 @@ pub struct Stats {
     pub body_bytes: u64,
     pub upstream_requests: u32,
     pub resumes: u32,
+    /// Time spent waiting on upstream requests and reads.
+    pub upstream_time: Duration,
+    /// When the first response byte (with the head) was written.
+    pub first_write: Option<Instant>,
 }
 
 pub struct Relay<'a> {
@@ -97,6 +102,11 @@ impl Relay<'_> {
         let Some(seg) = self.composite.segments().get(f.segment) else {
             return (Ok(End::Complete), buf);
         };
+        let kind = match (self.composite.segments().len(), f.segment) {
+            (1, _) => Kind::Object,
+            (_, 0) => Kind::Head,
+            _ => Kind::Tail,
+        };
         let retries = self.upstream.retries(self.block);
         let mut attempt = 0u32;
         let mut slept = Duration::ZERO;
@@ -113,59 +123,50 @@ impl Relay<'_> {
             }
             buf.clear();
             stats.upstream_requests += 1;
+            let started = Instant::now();
             let (opened, back) = self
                 .upstream
                 .open_segment(self.block, seg, pos, f.end, buf)
                 .await;
+            stats.upstream_time += started.elapsed();
             buf = back;
             let mut body = match opened {
                 Ok(b) => b,
-                Err(e) if e.retryable && attempt < retries => {
-                    attempt += 1;
-                    continue 'attempts;
+                Err(e) => {
+                    self.upstream.record(kind, Err(&e));
+                    if e.retryable && attempt < retries {
+                        attempt += 1;
+                        continue 'attempts;
+                    }
+                    return (Err(e), buf);
                 }
-                Err(e) => return (Err(e), buf),
             };
             loop {
-                if !buf.is_empty() {
-                    let n = buf.len() as u64;
-                    if !pending.is_empty() {
-                        let (res, _) = self.write(std::mem::take(pending)).await;
-                        if res.is_err() {
-                            self.upstream.discard(body);
-                            return (Ok(End::ClientGone), buf);
-                        }
-                    }
-                    let (res, back) = self.write(buf).await;
-                    buf = back;
-                    if res.is_err() {
-                        self.upstream.discard(body);
-                        return (Ok(End::ClientGone), buf);
-                    }
-                    *written = true;
-                    pos = pos.saturating_add(n);
-                    stats.body_bytes = stats.body_bytes.saturating_add(n);
-                    buf.clear();
-                }
+                // The bytes in `buf` are good even when the read after them fails.
+                let (sent, back) = self.send(buf, pending, written, stats).await;
+                buf = back;
+                let Ok(n) = sent else {
+                    self.upstream.discard(body);
+                    return (Ok(End::ClientGone), buf);
+                };
+                pos = pos.saturating_add(n);
                 if body.remaining() == 0 {
+                    self.upstream.record(kind, Ok(()));
                     self.upstream.release(body);
                     break;
                 }
+                let started = Instant::now();
                 let (res, back) = self.upstream.read_body(&mut body, buf).await;
+                stats.upstream_time += started.elapsed();
                 buf = back;
                 if let Err(e) = res {
-                    // The bytes read before the failure (if any) are still good: send them first.
-                    if !buf.is_empty() {
-                        let n = buf.len() as u64;
-                        let (res, back) = self.write(buf).await;
-                        buf = back;
-                        if res.is_err() {
-                            return (Ok(End::ClientGone), buf);
-                        }
-                        *written = true;
-                        pos = pos.saturating_add(n);
-                        stats.body_bytes = stats.body_bytes.saturating_add(n);
-                    }
+                    self.upstream.record(kind, Err(&e));
+                    let (sent, back) = self.send(buf, pending, written, stats).await;
+                    buf = back;
+                    let Ok(n) = sent else {
+                        return (Ok(End::ClientGone), buf);
+                    };
+                    pos = pos.saturating_add(n);
                     if e.retryable && attempt < retries {
                         attempt += 1;
                         continue 'attempts;
@@ -175,6 +176,36 @@ impl Relay<'_> {
             }
         }
         (Ok(End::Complete), buf)
+    }
+
+    /// Writes what is pending (our own bytes) and then `buf` (body bytes) to the client, and
+    /// empties `buf`. Returns the body bytes written.
+    async fn send(
+        &self,
+        buf: Vec<u8>,
+        pending: &mut Vec<u8>,
+        written: &mut bool,
+        stats: &mut Stats,
+    ) -> (Result<u64, ()>, Vec<u8>) {
+        if buf.is_empty() {
+            return (Ok(0), buf);
+        }
+        if !pending.is_empty() {
+            let (res, _) = self.write(std::mem::take(pending)).await;
+            if res.is_err() {
+                return (Err(()), buf);
+            }
+        }
+        let n = buf.len() as u64;
+        let (res, mut buf) = self.write(buf).await;
+        if res.is_err() {
+            return (Err(()), buf);
+        }
+        *written = true;
+        stats.first_write.get_or_insert_with(Instant::now);
+        stats.body_bytes = stats.body_bytes.saturating_add(n);
+        buf.clear();
+        (Ok(n), buf)
     }
 
     /// Writes all of `data` to the client. `send_timeout` bounds each write, i.e. the gap

@@ -46,6 +46,8 @@ pub struct RequestHead {
     pub referer: Option<String>,
     pub body: Body,
     pub len: usize,
+    /// The request line as sent, for the access log.
+    pub request_line: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +134,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
         referer: None,
         body: Body::None,
         len,
+        request_line: first_line(data),
     };
     let mut host: Option<&[u8]> = None;
     let mut content_length: Option<u64> = None;
@@ -264,6 +267,16 @@ fn origin_form(target: &str) -> Result<String, ParseError> {
     } else {
         format!("/{path}")
     })
+}
+
+/// The first line of `data`, lossily decoded, for logs.
+pub fn first_line(data: &[u8]) -> String {
+    let end = data
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(data.len())
+        .min(4096);
+    String::from_utf8_lossy(&data[..end]).into_owned()
 }
 
 fn set_once(slot: &mut Option<String>, value: String) -> Result<(), ParseError> {

@@ -6,25 +6,29 @@
 use std::cell::Cell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::conf::Http;
 use crate::http::chunked::{ChunkError, ChunkedDiscard};
 use crate::http::request::{self, Body, Method, ParseError, Parsed, RequestHead};
 use crate::http::response::{attachment, reason, ResponseHead};
 use crate::log;
+use crate::metrics::{ConnState, Stats};
 use crate::object::composite::{Composite, Segment};
 use crate::object::conditional::{self, Outcome, Preconditions};
 use crate::object::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
-use crate::relay::{End, Piece, Relay, Stats};
+use crate::relay::{End, Piece, Relay, Stats as RelayStats};
 use crate::route::{self, Route, RouteError};
 use crate::upstream::{ErrorKind, UpstreamError};
 
-use super::worker::Worker;
+use super::worker::{State, Worker};
 
 /// Why a request could not be served as asked.
 #[derive(Debug)]
@@ -37,8 +41,6 @@ enum Failure {
     /// The manifest or object metadata is not usable.
     BadObject(String),
     Upstream(UpstreamError),
-    /// A location this build does not serve yet.
-    Unavailable,
     /// If-Match or If-Unmodified-Since failed.
     Precondition,
     /// A chunked request body that cannot be framed or is over the bound.
@@ -63,7 +65,6 @@ fn error_response(f: &Failure) -> (u16, bool) {
         Failure::BadObject(_) => (502, false),
         Failure::Upstream(e) if e.is_timeout() => (504, false),
         Failure::Upstream(_) => (502, false),
-        Failure::Unavailable => (404, false),
         Failure::Body(ChunkError::Malformed(_)) => (400, true),
         Failure::Body(ChunkError::TooLarge) => (413, true),
     }
@@ -71,24 +72,33 @@ fn error_response(f: &Failure) -> (u16, bool) {
 
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
     let _ = stream.set_nodelay(true);
-    let http = &w.conf.http;
-    let mut buf: Vec<u8> = Vec::with_capacity(http.client_header_buffer_size);
+    let mut gauge = Gauge::new(&w.stats);
+    let cap = w.state().conf.http.client_header_buffer_size;
+    let mut buf: Vec<u8> = Vec::with_capacity(cap);
     let mut served: u64 = 0;
     loop {
-        let (read, back) = read_head(&stream, buf, served == 0, &w).await;
+        let st = w.state();
+        let http = &st.conf.http;
+        let (read, back) = read_head(&stream, buf, served == 0, http, &mut gauge).await;
         buf = back;
+        let started = Instant::now();
         let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Closed => break,
             HeadRead::Error(e) => {
                 log::info!("client {peer}: {e:?}");
-                send_error(&stream, &Failure::Parse(e), false, 1, true).await;
+                w.stats.requests.fetch_add(1, Ordering::Relaxed);
+                gauge.set(ConnState::Writing);
+                let reply = send_error(&stream, &Failure::Parse(e), false, 1, true).await;
+                finish(&w, peer, &request::first_line(&buf), None, &reply, started);
                 break;
             }
         };
+        w.stats.requests.fetch_add(1, Ordering::Relaxed);
         buf.drain(..head.len);
         served += 1;
-        let keep_alive = head.keep_alive && served < http.keepalive_requests;
+        let draining = w.shared.draining.load(Ordering::Acquire);
+        let keep_alive = head.keep_alive && served < http.keepalive_requests && !draining;
         if head.body != Body::None {
             let (res, back) =
                 discard_body(&stream, buf, head.body, http.client_header_timeout).await;
@@ -98,23 +108,119 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
                 Err(None) => break,
                 Err(Some(e)) => {
                     log::info!("client {peer}: request body: {e:?}");
-                    send_error(
-                        &stream,
-                        &Failure::Body(e),
-                        head.method == Method::Head,
-                        head.minor,
-                        true,
-                    )
-                    .await;
+                    gauge.set(ConnState::Writing);
+                    let is_head = head.method == Method::Head;
+                    let reply =
+                        send_error(&stream, &Failure::Body(e), is_head, head.minor, true).await;
+                    finish(&w, peer, &head.request_line, Some(&head), &reply, started);
                     break;
                 }
             }
         }
-        if !respond(&stream, &w, &head, keep_alive).await || !keep_alive {
+        gauge.set(ConnState::Writing);
+        let reply = respond(&stream, &w, &st, &head, keep_alive).await;
+        finish(&w, peer, &head.request_line, Some(&head), &reply, started);
+        if !reply.keep || !keep_alive {
             break;
         }
     }
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// What one response was, for the access log and the metrics.
+struct Reply {
+    status: u16,
+    /// Whether the connection may serve another request.
+    keep: bool,
+    relay: RelayStats,
+    truncated: bool,
+}
+
+impl Reply {
+    fn plain(status: u16, keep: bool) -> Reply {
+        Reply {
+            status,
+            keep,
+            relay: RelayStats::default(),
+            truncated: false,
+        }
+    }
+}
+
+/// Records one finished request: metrics and the access-log line.
+fn finish(
+    w: &Worker,
+    peer: SocketAddr,
+    line: &str,
+    head: Option<&RequestHead>,
+    r: &Reply,
+    started: Instant,
+) {
+    let total = started.elapsed();
+    let first = r
+        .relay
+        .first_write
+        .map_or(total, |t| t.saturating_duration_since(started));
+    w.stats.response(r.status, r.relay.body_bytes, total, first);
+    w.stats
+        .resumes
+        .fetch_add(u64::from(r.relay.resumes), Ordering::Relaxed);
+    if r.truncated {
+        w.stats.truncations.fetch_add(1, Ordering::Relaxed);
+    }
+    if w.state().conf.http.access_log.is_some() {
+        let time = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let entry = log::AccessEntry {
+            remote: peer.ip(),
+            time,
+            request_line: line,
+            status: r.status,
+            body_bytes: r.relay.body_bytes,
+            referer: head.and_then(|h| h.referer.as_deref()),
+            user_agent: head.and_then(|h| h.user_agent.as_deref()),
+            upstream_time: (r.relay.upstream_requests > 0)
+                .then_some(r.relay.upstream_time.as_secs_f64()),
+            upstream_bytes: if r.relay.upstream_requests > 0 {
+                r.relay.body_bytes
+            } else {
+                0
+            },
+            resumes: r.relay.resumes,
+        };
+        w.shared.access.write(entry.format());
+    }
+}
+
+/// The connection's state in the reading/writing/waiting gauges.
+struct Gauge {
+    stats: Arc<Stats>,
+    state: ConnState,
+}
+
+impl Gauge {
+    fn new(stats: &Arc<Stats>) -> Gauge {
+        stats.enter(ConnState::Reading);
+        Gauge {
+            stats: Arc::clone(stats),
+            state: ConnState::Reading,
+        }
+    }
+
+    fn set(&mut self, s: ConnState) {
+        if s != self.state {
+            self.stats.leave(self.state);
+            self.stats.enter(s);
+            self.state = s;
+        }
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.stats.leave(self.state);
+    }
 }
 
 enum HeadRead {
@@ -132,12 +238,17 @@ async fn read_head(
     stream: &TcpStream,
     buf: Vec<u8>,
     first: bool,
-    w: &Worker,
+    http: &Http,
+    gauge: &mut Gauge,
 ) -> (HeadRead, Vec<u8>) {
-    let http = &w.conf.http;
     let cap = http.client_header_buffer_size;
     let mut buf = buf;
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout);
+    gauge.set(if buf.is_empty() && !first {
+        ConnState::Waiting
+    } else {
+        ConnState::Reading
+    });
     loop {
         if !buf.is_empty() {
             match request::parse(&buf, cap) {
@@ -157,6 +268,7 @@ async fn read_head(
             Ok((Ok(0), slice)) => return (HeadRead::Closed, slice.into_inner()),
             Ok((Ok(_), slice)) => {
                 buf = slice.into_inner();
+                gauge.set(ConnState::Reading);
                 deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
             }
             Ok((Err(_), slice)) => return (HeadRead::Closed, slice.into_inner()),
@@ -218,18 +330,22 @@ async fn discard_body(
     }
 }
 
-/// Answers one request. Returns whether the connection may serve another.
-async fn respond(stream: &TcpStream, w: &Worker, head: &RequestHead, keep_alive: bool) -> bool {
+/// Answers one request.
+async fn respond(
+    stream: &TcpStream,
+    w: &Worker,
+    st: &State,
+    head: &RequestHead,
+    keep_alive: bool,
+) -> Reply {
     let is_head = head.method == Method::Head;
     if head.method == Method::Other {
-        return send_error(stream, &Failure::Method, is_head, head.minor, !keep_alive).await
-            && keep_alive;
+        return send_error(stream, &Failure::Method, is_head, head.minor, !keep_alive).await;
     }
-    let route = match route::route(&w.conf.http.locations, &head.target) {
+    let route = match route::route(&st.conf.http.locations, &head.target) {
         Ok(r) => r,
         Err(e) => {
             return send_error(stream, &Failure::Route(e), is_head, head.minor, !keep_alive).await
-                && keep_alive
         }
     };
     let loaded = match route {
@@ -238,17 +354,39 @@ async fn respond(stream: &TcpStream, w: &Worker, head: &RequestHead, keep_alive:
             manifest_key,
             variant,
             file_name,
-        } => load_variant(w, s3, &manifest_key, &variant)
+        } => load_variant(st, s3, &manifest_key, &variant)
             .await
             .map(|c| (s3, c, Some(file_name))),
-        Route::Object { s3, key } => load_object(w, s3, &key).await.map(|c| (s3, c, None)),
-        Route::StubStatus | Route::Metrics => Err(Failure::Unavailable),
+        Route::Object { s3, key } => load_object(st, s3, &key).await.map(|c| (s3, c, None)),
+        Route::StubStatus => {
+            return send_text(
+                stream,
+                st,
+                head,
+                keep_alive,
+                "text/plain",
+                w.shared.registry.stub_status(),
+            )
+            .await
+        }
+        Route::Metrics => {
+            let text = w.shared.registry.prometheus();
+            return send_text(
+                stream,
+                st,
+                head,
+                keep_alive,
+                "text/plain; version=0.0.4",
+                text,
+            )
+            .await;
+        }
     };
     match loaded {
         Ok((block, composite, file_name)) => {
             serve_composite(
                 stream,
-                w,
+                st,
                 head,
                 block,
                 &composite,
@@ -263,23 +401,23 @@ async fn respond(stream: &TcpStream, w: &Worker, head: &RequestHead, keep_alive:
             } else if let Failure::BadObject(m) = &f {
                 log::error!("{m} for {}", head.target);
             }
-            send_error(stream, &f, is_head, head.minor, !keep_alive).await && keep_alive
+            send_error(stream, &f, is_head, head.minor, !keep_alive).await
         }
     }
 }
 
 async fn load_variant(
-    w: &Worker,
+    st: &State,
     block: usize,
     key: &str,
     variant: &str,
 ) -> Result<Rc<Composite>, Failure> {
     let cache_key = format!("{block}\0{key}");
-    let cached = w.manifests.borrow().get(&cache_key, Instant::now());
+    let cached = st.manifests.borrow().get(&cache_key, Instant::now());
     let manifest = match cached {
         Some(m) => m,
         None => {
-            let (_, body) = w
+            let (_, body) = st
                 .upstream
                 .fetch_whole(block, "GET", key, MAX_MANIFEST_BYTES)
                 .await
@@ -290,7 +428,7 @@ async fn load_variant(
             let m = Rc::new(
                 Manifest::parse(&body).map_err(|e| Failure::BadObject(format!("{key}: {e}")))?,
             );
-            w.manifests
+            st.manifests
                 .borrow_mut()
                 .insert(cache_key, Rc::clone(&m), Instant::now());
             m
@@ -299,12 +437,12 @@ async fn load_variant(
     manifest.variant(variant).ok_or(Failure::NotFound)
 }
 
-async fn load_object(w: &Worker, block: usize, key: &str) -> Result<Rc<Composite>, Failure> {
+async fn load_object(st: &State, block: usize, key: &str) -> Result<Rc<Composite>, Failure> {
     let cache_key = format!("{block}\0{key}");
-    if let Some(c) = w.objects.borrow().get(&cache_key, Instant::now()) {
+    if let Some(c) = st.objects.borrow().get(&cache_key, Instant::now()) {
         return Ok(c);
     }
-    let (head, _) = w
+    let (head, _) = st
         .upstream
         .fetch_whole(block, "HEAD", key, 0)
         .await
@@ -335,7 +473,7 @@ async fn load_object(w: &Worker, block: usize, key: &str) -> Result<Rc<Composite
     let c = Rc::new(
         Composite::new(vec![segment], etag, last_modified, content_type).map_err(|m| bad(&m))?,
     );
-    w.objects
+    st.objects
         .borrow_mut()
         .insert(cache_key, Rc::clone(&c), Instant::now());
     Ok(c)
@@ -343,13 +481,13 @@ async fn load_object(w: &Worker, block: usize, key: &str) -> Result<Rc<Composite
 
 async fn serve_composite(
     stream: &TcpStream,
-    w: &Worker,
+    st: &State,
     req: &RequestHead,
     block: usize,
     c: &Composite,
     file_name: Option<&str>,
     keep_alive: bool,
-) -> bool {
+) -> Reply {
     let is_get = req.method == Method::Get;
     let pre = Preconditions {
         if_match: req.if_match.as_deref(),
@@ -365,7 +503,7 @@ async fn serve_composite(
         Outcome::NotModified => {
             resp.status = 304;
             resp.content_length = None;
-            return write_all(stream, resp.encode(), w).await && keep_alive;
+            return head_only(stream, st, resp).await;
         }
         Outcome::Failed => {
             return send_error(
@@ -376,7 +514,6 @@ async fn serve_composite(
                 !keep_alive,
             )
             .await
-                && keep_alive
         }
         Outcome::Proceed { honour_range } => honour_range,
     };
@@ -385,7 +522,7 @@ async fn serve_composite(
     resp.content_disposition = file_name.map(attachment);
     // RFC 9110 §14.2: Range is ignored on HEAD (SPEC §3).
     let ranges = match (&req.range, is_get && honour_range) {
-        (Some(h), true) => range::parse(h, c.len(), w.conf.http.max_ranges),
+        (Some(h), true) => range::parse(h, c.len(), st.conf.http.max_ranges),
         _ => RangeOutcome::Ignore,
     };
     let mut pieces = Vec::new();
@@ -393,7 +530,7 @@ async fn serve_composite(
         RangeOutcome::Unsatisfiable => {
             let mut r = ResponseHead::new(416, 0, keep_alive, req.minor);
             r.content_range = Some(format!("bytes */{}", c.len()));
-            return write_all(stream, r.encode(), w).await && keep_alive;
+            return head_only(stream, st, r).await;
         }
         RangeOutcome::Ignore => {
             pieces.extend(
@@ -421,30 +558,27 @@ async fn serve_composite(
             pieces.extend(plan::fetches(c, r).into_iter().map(Piece::Fetch));
         }
         RangeOutcome::Parts(parts) => {
-            let (len, body) = multipart(c, &parts);
+            let (len, body, boundary) = multipart(c, &parts);
             resp.status = 206;
             resp.content_length = Some(len);
-            resp.content_type = Some(format!(
-                "multipart/byteranges; boundary={}",
-                boundary_of(&body)
-            ));
+            resp.content_type = Some(format!("multipart/byteranges; boundary={boundary}"));
             pieces = body;
         }
     }
-    let head_bytes = resp.encode();
+    let status = resp.status;
     if !is_get || pieces.is_empty() {
-        return write_all(stream, head_bytes, w).await && keep_alive;
+        return head_only(stream, st, resp).await;
     }
-    pieces.insert(0, Piece::Bytes(head_bytes));
+    pieces.insert(0, Piece::Bytes(resp.encode()));
     let relay = Relay {
         client: stream,
-        upstream: &w.upstream,
+        upstream: &st.upstream,
         block,
         composite: c,
-        send_timeout: w.conf.http.send_timeout,
+        send_timeout: st.conf.http.send_timeout,
     };
-    let mut stats = Stats::default();
-    let buf = Vec::with_capacity(w.conf.http.relay_buffer_size);
+    let mut stats = RelayStats::default();
+    let buf = Vec::with_capacity(st.conf.http.relay_buffer_size);
     let (res, _buf) = relay.run(pieces, buf, &mut stats).await;
     if stats.resumes > 0 {
         log::warning!(
@@ -454,18 +588,39 @@ async fn serve_composite(
             stats.upstream_requests
         );
     }
+    let mut reply = Reply {
+        status,
+        keep: keep_alive,
+        relay: stats,
+        truncated: false,
+    };
     match res {
-        Ok(End::Complete) => keep_alive,
-        Ok(End::ClientGone) => false,
+        Ok(End::Complete) => reply,
+        Ok(End::ClientGone) => {
+            reply.keep = false;
+            reply
+        }
         Ok(End::Truncated(e)) => {
-            log::error!("upstream: {e} after {} body bytes of {}: closing the client connection (truncated)", stats.body_bytes, req.target);
+            log::error!(
+                "upstream: {e} after {} body bytes of {}: closing the client connection (truncated)",
+                stats.body_bytes,
+                req.target
+            );
             let _ = stream.shutdown(Shutdown::Both);
-            false
+            reply.keep = false;
+            reply.truncated = true;
+            reply
         }
         Err(e) => {
             log::error!("upstream: {e} for {}", req.target);
-            send_error(stream, &Failure::Upstream(e), false, req.minor, !keep_alive).await
-                && keep_alive
+            let mut r =
+                send_error(stream, &Failure::Upstream(e), false, req.minor, !keep_alive).await;
+            r.relay = RelayStats {
+                first_write: None,
+                body_bytes: 0,
+                ..stats
+            };
+            r
         }
     }
 }
@@ -476,9 +631,9 @@ thread_local! {
     );
 }
 
-/// The parts of a `multipart/byteranges` body (RFC 9110 §14.6), in nginx's layout. The
-/// boundary text is carried in the first piece; [`boundary_of`] reads it back.
-fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>) {
+/// The parts of a `multipart/byteranges` body (RFC 9110 §14.6), in nginx's layout, its
+/// length and its boundary.
+fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>, String) {
     let boundary = BOUNDARY.with(|b| {
         let v = b.get().wrapping_add(1);
         b.set(v);
@@ -503,25 +658,44 @@ fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>) {
     let tail = format!("\r\n--{boundary}--\r\n");
     len = len.saturating_add(tail.len() as u64);
     pieces.push(Piece::Bytes(tail.into_bytes()));
-    (len, pieces)
+    (len, pieces, boundary)
 }
 
-fn boundary_of(pieces: &[Piece]) -> String {
-    match pieces.first() {
-        Some(Piece::Bytes(b)) => String::from_utf8_lossy(&b[4..24.min(b.len())]).into_owned(),
-        _ => String::new(),
+/// A response that is only a head (304, 416, HEAD, an empty body).
+async fn head_only(stream: &TcpStream, st: &State, resp: ResponseHead) -> Reply {
+    let ok = write_all(stream, resp.encode(), st.conf.http.send_timeout).await;
+    Reply::plain(resp.status, ok && resp.keep_alive)
+}
+
+/// A small generated body: stub_status and metrics.
+async fn send_text(
+    stream: &TcpStream,
+    st: &State,
+    head: &RequestHead,
+    keep_alive: bool,
+    content_type: &str,
+    text: String,
+) -> Reply {
+    let mut r = ResponseHead::new(200, text.len() as u64, keep_alive, head.minor);
+    r.content_type = Some(content_type.to_string());
+    let mut bytes = r.encode();
+    if head.method != Method::Head {
+        bytes.extend_from_slice(text.as_bytes());
     }
+    let ok = write_all(stream, bytes, st.conf.http.send_timeout).await;
+    let mut reply = Reply::plain(200, ok && keep_alive);
+    reply.relay.body_bytes = text.len() as u64;
+    reply
 }
 
-/// Sends an error response with a short text body (none for HEAD). Returns whether the
-/// connection may go on.
+/// Sends an error response with a short text body (none for HEAD).
 async fn send_error(
     stream: &TcpStream,
     f: &Failure,
     is_head: bool,
     minor: u8,
     force_close: bool,
-) -> bool {
+) -> Reply {
     let (status, close) = error_response(f);
     let keep = !close && !force_close;
     let body = format!("{status} {}\n", reason(status));
@@ -534,11 +708,12 @@ async fn send_error(
     if !is_head {
         bytes.extend_from_slice(body.as_bytes());
     }
-    let ok = write_plain(stream, bytes).await;
+    // Error responses are small; a fixed bound keeps a peer that never reads from holding them.
+    let ok = write_all(stream, bytes, Duration::from_secs(10)).await;
     if !keep && ok {
         linger_close(stream).await;
     }
-    ok && keep
+    Reply::plain(status, ok && keep)
 }
 
 /// nginx's lingering close: after an error response on a connection that will close, stop
@@ -564,19 +739,8 @@ async fn linger_close(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-async fn write_all(stream: &TcpStream, bytes: Vec<u8>, w: &Worker) -> bool {
-    match tokio::time::timeout(w.conf.http.send_timeout, stream.write_all(bytes)).await {
-        Ok((Ok(()), _)) => true,
-        _ => {
-            let _ = stream.shutdown(Shutdown::Both);
-            false
-        }
-    }
-}
-
-/// Error responses are small; a fixed bound keeps a peer that never reads from holding them.
-async fn write_plain(stream: &TcpStream, bytes: Vec<u8>) -> bool {
-    match tokio::time::timeout(Duration::from_secs(10), stream.write_all(bytes)).await {
+async fn write_all(stream: &TcpStream, bytes: Vec<u8>, timeout: Duration) -> bool {
+    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
         Ok((Ok(()), _)) => true,
         _ => {
             let _ = stream.shutdown(Shutdown::Both);

@@ -1,21 +1,25 @@
-//! Process level: load the conf, bind, and run one OS thread per worker, each with its own
-//! tokio-uring runtime and SO_REUSEPORT listener. Nothing here is shared between workers
-//! but the immutable [`Config`].
+//! Process level: load the conf, bind, run one OS thread per worker (each with its own
+//! tokio-uring runtime and SO_REUSEPORT listener), and handle signals as nginx does:
+//! `SIGHUP` reloads the conf, `SIGQUIT` drains and exits, `SIGTERM`/`SIGINT` exit at once.
 
 mod conn;
 mod worker;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::conf::{ConfError, Config, ProcessEnv};
-use crate::log;
+use crate::log::{self, AccessLog};
+use crate::metrics::Registry;
+use worker::Shared;
 
 #[derive(Debug)]
 pub enum ServeError {
@@ -55,10 +59,19 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
         std::fs::write(pid, format!("{}\n", std::process::id()))
             .map_err(|e| ServeError::Io(format!("pid {}: {e}", pid.display())))?;
     }
-    let conf = Arc::new(conf);
-    let mut threads = Vec::with_capacity(conf.worker_threads);
+    let threads = conf.worker_threads;
+    let shared = Arc::new(Shared {
+        access: AccessLog::start(conf.http.access_log.as_deref()),
+        conf: Mutex::new(Arc::new(conf)),
+        generation: AtomicU64::new(0),
+        registry: Registry::default(),
+        draining: AtomicBool::new(false),
+    });
+    // Every listener, kept here too so that a drain can stop the workers' accepts.
+    let mut all_listeners = Vec::new();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut first = Some(first_listeners);
-    for id in 0..conf.worker_threads {
+    for id in 0..threads {
         let listeners = match first.take() {
             Some(l) => l,
             None => addrs
@@ -66,45 +79,101 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
                 .map(|a| bind(*a).map_err(|e| ServeError::Io(format!("bind {a}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        let conf = Arc::clone(&conf);
-        let t = std::thread::Builder::new()
-            .name(format!("tailgate-worker-{id}"))
-            .spawn(move || worker::run(id, conf, listeners))
-            .map_err(|e| ServeError::Io(format!("spawn worker: {e}")))?;
-        threads.push(t);
-    }
-    log::info!("started {} workers", threads.len());
-    // Workers only end on a fatal error; watch them beside the signals.
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    for t in threads {
+        for l in &listeners {
+            if let Ok(c) = l.try_clone() {
+                all_listeners.push(c);
+            }
+        }
+        let shared = Arc::clone(&shared);
         let tx = done_tx.clone();
-        std::thread::spawn(move || {
-            let outcome = match t.join() {
-                Ok(r) => r,
-                Err(_) => Err("a worker thread panicked".into()),
-            };
-            let _ = tx.send(outcome);
-        });
+        std::thread::Builder::new()
+            .name(format!("tailgate-worker-{id}"))
+            .spawn(move || {
+                let _ = tx.send(worker::run(id, shared, listeners));
+            })
+            .map_err(|e| ServeError::Io(format!("spawn worker: {e}")))?;
     }
-    let signals_tx = done_tx;
+    log::info!("started {threads} workers");
+    let watcher = Arc::clone(&shared);
+    let conf_path = path.to_path_buf();
     std::thread::spawn(move || {
         for sig in signals.forever() {
             match sig {
-                // Reload comes with the operations work; until then HUP must not kill.
-                SIGHUP => {
-                    log::warning!("SIGHUP: configuration reload is not supported yet; ignored")
+                SIGHUP => reload(&watcher, &conf_path),
+                SIGQUIT => {
+                    let _ = done_tx.send(drain(&watcher, &all_listeners));
+                    return;
                 }
                 _ => {
                     log::info!("signal {sig}: exiting");
-                    let _ = signals_tx.send(Ok(()));
+                    let _ = done_tx.send(Ok(()));
                     return;
                 }
             }
         }
     });
-    match done_rx.recv() {
-        Ok(Ok(())) | Err(_) => Ok(()),
-        Ok(Err(e)) => Err(ServeError::Io(e)),
+    let outcome = done_rx.recv().unwrap_or(Ok(()));
+    let (_, conf) = shared.current();
+    if let Some(pid) = &conf.pid {
+        let _ = std::fs::remove_file(pid);
+    }
+    outcome.map_err(ServeError::Io)
+}
+
+/// SIGHUP: parse and check the conf again; a valid one becomes the next generation, an
+/// invalid one is logged and the running one kept.
+fn reload(shared: &Shared, path: &Path) {
+    let new = match Config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    let (_, old) = shared.current();
+    if new.http.listen != old.http.listen || new.worker_threads != old.worker_threads {
+        log::warning!(
+            "reload: listen and worker_threads changes take a restart; keeping the running ones"
+        );
+    }
+    if let Err(e) = log::init(&new.error_log.0, new.error_log.1) {
+        log::error!("reload: error_log: {e}");
+    }
+    if new.http.access_log != old.http.access_log {
+        shared.access.reopen(new.http.access_log.as_deref());
+    }
+    if let Ok(mut c) = shared.conf.lock() {
+        *c = Arc::new(new);
+    }
+    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    log::info!("reload: configuration generation {generation} in use for new requests");
+}
+
+/// SIGQUIT: stop accepting, let the responses in flight finish within shutdown_timeout.
+fn drain(shared: &Shared, listeners: &[std::net::TcpListener]) -> Result<(), String> {
+    shared.draining.store(true, Ordering::Release);
+    for l in listeners {
+        // Wakes every pending accept on the listener with an error.
+        let _ = SockRef::from(l).shutdown(Shutdown::Read);
+    }
+    let (_, conf) = shared.current();
+    let deadline = Instant::now() + conf.shutdown_timeout;
+    log::info!(
+        "signal SIGQUIT: draining for up to {:?}",
+        conf.shutdown_timeout
+    );
+    loop {
+        let busy = shared.registry.busy();
+        if busy == 0 {
+            log::info!("drained: exiting");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            log::warning!("shutdown_timeout passed with {busy} responses in flight: exiting");
+            return Ok(());
+        }
+        #[allow(clippy::disallowed_methods)] // the main thread, not a worker runtime
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

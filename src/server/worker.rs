@@ -1,47 +1,121 @@
 //! One worker: a tokio-uring runtime on its own thread, its listeners, and its per-worker
-//! state (upstream pool, manifest cache, counters). All of it is `!Send` and lock-free.
+//! state (upstream pool, manifest cache, counters). The state is `!Send` and lock-free; a
+//! reload builds a new generation of it, which new requests use while requests in flight
+//! finish on the one they started with.
 
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::conf::Config;
-use crate::log;
+use crate::log::{self, AccessLog};
+use crate::metrics::{Registry, Stats};
 use crate::object::composite::Composite;
 use crate::object::manifest::{Cache, Manifest};
 use crate::upstream::Upstream;
 
 use super::conn;
 
-pub(super) struct Worker {
+/// What all workers share: the current conf generation, the stats registry, the access
+/// log writer, and the drain flag.
+pub(super) struct Shared {
+    pub conf: Mutex<Arc<Config>>,
+    pub generation: AtomicU64,
+    pub registry: Registry,
+    pub access: AccessLog,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn current(&self) -> (u64, Arc<Config>) {
+        let conf = match self.conf.lock() {
+            Ok(c) => Arc::clone(&c),
+            Err(p) => Arc::clone(&p.into_inner()),
+        };
+        (self.generation.load(Ordering::Acquire), conf)
+    }
+}
+
+/// One generation of a worker's state.
+pub(super) struct State {
+    pub generation: u64,
     pub conf: Arc<Config>,
     pub upstream: Upstream,
     pub manifests: RefCell<Cache<Rc<Manifest>>>,
     pub objects: RefCell<Cache<Rc<Composite>>>,
+}
+
+impl State {
+    fn new(generation: u64, conf: Arc<Config>, stats: &Arc<Stats>) -> Result<State, String> {
+        let http = &conf.http;
+        Ok(State {
+            generation,
+            upstream: Upstream::new(&http.s3, Arc::clone(stats))?,
+            manifests: RefCell::new(Cache::new(
+                http.manifest_cache_ttl,
+                http.manifest_cache_size,
+            )),
+            objects: RefCell::new(Cache::new(
+                http.manifest_cache_ttl,
+                http.manifest_cache_size,
+            )),
+            conf,
+        })
+    }
+}
+
+pub(super) struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<Stats>,
+    state: RefCell<Rc<State>>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
 }
 
+impl Worker {
+    /// The current generation, rebuilt first if a reload happened.
+    pub(super) fn state(&self) -> Rc<State> {
+        let seen = self.shared.generation.load(Ordering::Acquire);
+        let current = Rc::clone(&self.state.borrow());
+        if current.generation == seen {
+            return current;
+        }
+        let (generation, conf) = self.shared.current();
+        match State::new(generation, conf, &self.stats) {
+            Ok(s) => {
+                current.upstream.close_idle();
+                let s = Rc::new(s);
+                *self.state.borrow_mut() = Rc::clone(&s);
+                s
+            }
+            Err(e) => {
+                log::error!(
+                    "worker {}: reload: {e}; keeping the previous configuration",
+                    self.id
+                );
+                current
+            }
+        }
+    }
+}
+
 pub(super) fn run(
     id: usize,
-    conf: Arc<Config>,
+    shared: Arc<Shared>,
     listeners: Vec<std::net::TcpListener>,
 ) -> Result<(), String> {
-    let upstream = Upstream::new(&conf.http.s3)?;
-    let http = &conf.http;
+    let stats = shared.registry.register();
+    let (generation, conf) = shared.current();
+    let state = State::new(generation, conf, &stats)?;
     let worker = Rc::new(Worker {
-        manifests: RefCell::new(Cache::new(
-            http.manifest_cache_ttl,
-            http.manifest_cache_size,
-        )),
-        objects: RefCell::new(Cache::new(
-            http.manifest_cache_ttl,
-            http.manifest_cache_size,
-        )),
-        conf: Arc::clone(&conf),
-        upstream,
+        id,
+        shared,
+        stats,
+        state: RefCell::new(Rc::new(state)),
         active: Cell::new(0),
     });
     tokio_uring::start(async move {
@@ -50,14 +124,13 @@ pub(super) fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                sweeper.upstream.sweep();
+                sweeper.state().upstream.sweep();
             }
         });
         let mut accepts = Vec::new();
         for l in listeners {
             let listener = tokio_uring::net::TcpListener::from_std(l);
             accepts.push(tokio_uring::spawn(accept_loop(
-                id,
                 listener,
                 Rc::clone(&worker),
             )));
@@ -65,29 +138,42 @@ pub(super) fn run(
         for a in accepts {
             let _ = a.await;
         }
+        // Draining: keep the runtime alive for the connections still being served; the
+        // process exits when they are done or shutdown_timeout passes.
+        std::future::pending::<()>().await;
     });
     Ok(())
 }
 
-async fn accept_loop(id: usize, listener: tokio_uring::net::TcpListener, worker: Rc<Worker>) {
+async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = listener.accept().await;
+        if worker.shared.draining.load(Ordering::Acquire) {
+            if let Ok((stream, _)) = accepted {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            return;
+        }
+        let (stream, peer) = match accepted {
             Ok(v) => v,
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                log::error!("worker {id}: accept: {e}");
+                log::error!("worker {}: accept: {e}", worker.id);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if worker.active.get() >= worker.conf.http.worker_connections {
+        worker.stats.accepts.fetch_add(1, Ordering::Relaxed);
+        let limit = worker.state().conf.http.worker_connections;
+        if worker.active.get() >= limit {
             log::warning!(
-                "worker {id}: worker_connections ({}) reached, refusing {peer}",
-                worker.conf.http.worker_connections
+                "worker {}: worker_connections ({limit}) reached, refusing {peer}",
+                worker.id
             );
             let _ = stream.shutdown(Shutdown::Both);
             continue;
         }
+        worker.stats.handled.fetch_add(1, Ordering::Relaxed);
         worker.active.set(worker.active.get() + 1);
         let w = Rc::clone(&worker);
         tokio_uring::spawn(async move {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::ClientConfig;
 
 use crate::conf::{Addressing, Scheme, S3};
+use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
 use pool::Pool;
 use response::{Parsed, Refusal, UpstreamHead};
@@ -99,6 +100,45 @@ pub struct SegmentBody {
     block: usize,
     remaining: u64,
     keep_alive: bool,
+    _active: Active,
+}
+
+/// Counts an upstream connection in use for as long as it lives.
+struct Active(Arc<Stats>);
+
+impl Active {
+    fn new(stats: &Arc<Stats>) -> Active {
+        stats
+            .pool_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Active(Arc::clone(stats))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0
+            .pool_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl UpstreamError {
+    /// The metrics label of a failure.
+    pub fn outcome(&self) -> Outcome {
+        match &self.kind {
+            ErrorKind::Connect(_) => Outcome::ConnectError,
+            ErrorKind::Timeout => Outcome::Timeout,
+            ErrorKind::Io(_) | ErrorKind::EarlyEof | ErrorKind::Refused(Refusal::Malformed(_)) => {
+                Outcome::IoError
+            }
+            ErrorKind::Refused(Refusal::Status(s)) if *s >= 500 => Outcome::Status5xx,
+            ErrorKind::Refused(Refusal::Status(_)) | ErrorKind::NotFound => Outcome::Status4xx,
+            ErrorKind::Refused(Refusal::Mismatch(_)) | ErrorKind::TooLarge | ErrorKind::Sign(_) => {
+                Outcome::Mismatch
+            }
+        }
+    }
 }
 
 impl SegmentBody {
@@ -111,10 +151,11 @@ impl SegmentBody {
 pub struct Upstream {
     blocks: Vec<Block>,
     pool: RefCell<Pool>,
+    stats: Arc<Stats>,
 }
 
 impl Upstream {
-    pub fn new(blocks: &[S3]) -> Result<Upstream, String> {
+    pub fn new(blocks: &[S3], stats: Arc<Stats>) -> Result<Upstream, String> {
         let blocks = blocks
             .iter()
             .map(|b| {
@@ -139,6 +180,7 @@ impl Upstream {
         Ok(Upstream {
             blocks,
             pool: RefCell::new(Pool::default()),
+            stats,
         })
     }
 
@@ -154,10 +196,28 @@ impl Upstream {
                 .get(k)
                 .map_or(Duration::ZERO, |b| b.conf.keepalive_timeout)
         });
+        self.publish_idle();
     }
 
-    pub fn idle_connections(&self) -> usize {
-        self.pool.borrow().idle_count()
+    /// Closes every idle connection (the generation is being replaced).
+    pub fn close_idle(&self) {
+        self.pool.borrow_mut().clear();
+        self.publish_idle();
+    }
+
+    fn publish_idle(&self) {
+        let n = i64::try_from(self.pool.borrow().idle_count()).unwrap_or(i64::MAX);
+        self.stats
+            .pool_idle
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts one upstream request's result (the metrics of SPEC §6).
+    pub fn record(&self, kind: Kind, result: Result<(), &UpstreamError>) {
+        self.stats.upstream(
+            kind,
+            result.map_or_else(UpstreamError::outcome, |()| Outcome::Ok),
+        );
     }
 
     /// Opens `[start, end)` of `seg`'s object: `Range` + `If-Match`, head checked. On
@@ -218,6 +278,7 @@ impl Upstream {
             block,
             remaining,
             keep_alive: resp.keep_alive,
+            _active: Active::new(&self.stats),
         };
         (Ok(body), buf)
     }
@@ -275,6 +336,7 @@ impl Upstream {
                     b.conf.keepalive,
                     Instant::now(),
                 );
+                self.publish_idle();
             }
             _ => body.transport.shutdown(),
         }
@@ -292,8 +354,15 @@ impl Upstream {
         let retries = self.blocks.get(block).map_or(0, |b| b.conf.retries);
         let mut attempt = 0;
         let mut slept = Duration::ZERO;
+        let kind = if method == "HEAD" {
+            Kind::Metadata
+        } else {
+            Kind::Manifest
+        };
         loop {
-            match self.fetch_whole_once(block, method, key, max).await {
+            let res = self.fetch_whole_once(block, method, key, max).await;
+            self.record(kind, res.as_ref().map(|_| ()));
+            match res {
                 Ok(v) => return Ok(v),
                 Err(e) if e.retryable && attempt < retries => {
                     let pause = self.backoff(block, attempt, slept);
@@ -353,6 +422,7 @@ impl Upstream {
                 block,
                 remaining: 0,
                 keep_alive: resp.keep_alive,
+                _active: Active::new(&self.stats),
             });
             return Ok((resp, Vec::new()));
         }
@@ -381,6 +451,7 @@ impl Upstream {
             block,
             remaining,
             keep_alive: resp.keep_alive,
+            _active: Active::new(&self.stats),
         };
         while seg.remaining > 0 {
             let (res, back) = self.read_body(&mut seg, body).await;
@@ -413,6 +484,7 @@ impl Upstream {
             self.pool
                 .borrow_mut()
                 .checkout(block, Instant::now(), b.conf.keepalive_timeout);
+        self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
             let (res, back) = self.exchange_on(block, t, head.clone(), buf).await;
