@@ -17,6 +17,13 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# The Prometheus project's own Python client parses /metrics in the tests.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    echo "setup: installing prometheus-client (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check prometheus-client >/dev/null 2>&1 ||
+        python3 -m pip install --quiet --break-system-packages prometheus-client >/dev/null
+fi
+
 stamp="$TOOLS/s3s-fs.version"
 if [ ! -x "$TOOLS/bin/s3s-fs" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$S3S_VERSION" ]; then
     echo "setup: building s3s-fs $S3S_VERSION (a few minutes, once)" >&2

@@ -587,3 +587,46 @@ impl SlowClient {
         }
     }
 }
+
+impl Nginx {
+    /// A complete nginx.conf (paths relative to the prefix), run in the foreground; `logs`,
+    /// `tmp` and `cache` are created writable for the workers (which run as nobody).
+    pub fn start_full(conf: &str, addr: SocketAddr) -> Nginx {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("front");
+        for d in ["logs", "tmp", "cache", "conf"] {
+            let p = dir.path().join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let text = format!("daemon off;\nuser nobody nogroup;\n{conf}");
+        std::fs::write(dir.path().join("conf/nginx.conf"), text).unwrap();
+        let p = dir.path().display().to_string();
+        let child = Command::new("nginx")
+            .args(["-p", &p, "-c", "conf/nginx.conf"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("nginx (run scripts/setup.sh)");
+        let n = Nginx {
+            addr,
+            dir,
+            _proc: Proc(child),
+        };
+        wait_for_port(addr, "nginx");
+        n
+    }
+}
+
+/// Established TCP connections whose peer is `addr`, owned by process `pid`.
+pub fn established_to(pid: u32, addr: SocketAddr) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htanp", "state", "established"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter(|l| l.split_whitespace().nth(3) == Some(&addr.to_string()))
+        .count()
+}

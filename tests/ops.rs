@@ -1,0 +1,406 @@
+//! Operations (SPEC §6): access log, stub_status, Prometheus metrics, reload and graceful
+//! stop with a download in flight, and the OpenResty front config in front of tailgate.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn signal(tg: &Tailgate, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &tg.proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn access_log_stub_status_and_metrics() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "o", bytes(2 * MIB, 1), vec![("a", bytes(1000, 2))]);
+    let dir = TempDir::new("ops");
+    let access = dir.path().join("access.log");
+    let tg = Tailgate::start(
+        &conf(&s3.endpoint(), SK, &format!("access_log {};", access.display()), "")
+            .replace("location /files/", "location = /status { stub_status; }\n location = /metrics { metrics; }\n location /files/"),
+    );
+    let full = pkg.full("a");
+    assert!(
+        tg.get(
+            "/apk/o/a.apk",
+            &[("User-Agent", "test-agent/1.0"), ("Referer", "http://ref/")]
+        )
+        .body
+            == full
+    );
+    assert_eq!(
+        tg.get("/apk/o/a.apk", &[("Range", "bytes=0-99")]).status,
+        206
+    );
+    assert_eq!(tg.get("/apk/o/none.apk", &[]).status, 404);
+
+    // 1. Access log: nginx combined plus upstream time, upstream bytes and resumes, within 1 s.
+    let mut lines = Vec::new();
+    wait_for("3 access-log lines", Duration::from_secs(2), || {
+        lines = std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.len() >= 3
+    });
+    // Two workers write them: find each by its status rather than its position.
+    let by_status = |code: &str| {
+        lines
+            .iter()
+            .map(|l| regex_lite(l))
+            .find(|f| f[2] == code)
+            .unwrap()
+    };
+    let re = by_status("200");
+    assert_eq!(re[0], "127.0.0.1", "{re:?}");
+    assert_eq!(re[1], "GET /apk/o/a.apk HTTP/1.1");
+    assert_eq!(re[2], "200");
+    assert_eq!(re[3], full.len().to_string());
+    assert_eq!(re[4], "http://ref/");
+    assert_eq!(re[5], "test-agent/1.0");
+    assert!(re[6].parse::<f64>().is_ok(), "upstream time {:?}", re[6]);
+    assert_eq!(re[7], full.len().to_string());
+    assert_eq!(re[8], "0");
+    assert_eq!(by_status("206")[3], "100");
+    assert_eq!(by_status("404")[1], "GET /apk/o/none.apk HTTP/1.1");
+    assert_eq!(by_status("404")[6], "-", "no upstream body for a 404");
+
+    // 2. stub_status, byte for byte nginx's format.
+    let mut c = tg.client();
+    c.send(&request("GET", "/status", &[]));
+    let r = c.response(false).unwrap();
+    let text = String::from_utf8(r.body).unwrap();
+    let lines: Vec<&str> = text.split('\n').collect();
+    assert_eq!(lines.len(), 5, "{text:?}");
+    let active: u64 = lines[0]
+        .strip_prefix("Active connections: ")
+        .unwrap()
+        .strip_suffix(' ')
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(active >= 1);
+    assert_eq!(lines[1], "server accepts handled requests");
+    let nums: Vec<u64> = lines[2]
+        .trim()
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(nums.len(), 3);
+    assert!(
+        nums[0] >= 4 && nums[1] == nums[0] && nums[2] >= 4,
+        "{nums:?}"
+    );
+    assert!(lines[2].starts_with(' ') && lines[2].ends_with(' '));
+    let rww: Vec<&str> = lines[3].split(' ').collect();
+    assert_eq!(
+        (rww[0], rww[2], rww[4], rww[6]),
+        ("Reading:", "Writing:", "Waiting:", ""),
+        "{:?}",
+        lines[3]
+    );
+    assert!(
+        rww[3].parse::<u64>().unwrap() >= 1,
+        "this request is being written"
+    );
+    assert_eq!(lines[4], "");
+
+    // 3. metrics, parsed by the Prometheus project's own parser.
+    c.send(&request("GET", "/metrics", &[]));
+    let r = c.response(false).unwrap();
+    let metrics = dir.path().join("metrics.txt");
+    std::fs::write(&metrics, &r.body).unwrap();
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in fam.samples:
+        key = s.name + json.dumps(s.labels, sort_keys=True)
+        out[key] = s.value
+print(json.dumps(out))
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&metrics)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "prometheus parser: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let get = |k: &str| {
+        parsed[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {parsed}"))
+    };
+    assert_eq!(get("tailgate_requests_total{\"status\": \"200\"}"), 2.0);
+    assert_eq!(get("tailgate_requests_total{\"status\": \"206\"}"), 1.0);
+    assert_eq!(get("tailgate_requests_total{\"status\": \"404\"}"), 1.0);
+    assert!(get("tailgate_sent_bytes_total{}") >= (full.len() + 100) as f64);
+    assert!(
+        get("tailgate_upstream_requests_total{\"result\": \"ok\", \"segment\": \"head\"}") >= 2.0
+    );
+    assert!(
+        get("tailgate_upstream_requests_total{\"result\": \"ok\", \"segment\": \"tail\"}") >= 1.0
+    );
+    assert!(
+        get("tailgate_upstream_requests_total{\"result\": \"ok\", \"segment\": \"manifest\"}")
+            >= 1.0
+    );
+    assert_eq!(get("tailgate_upstream_resumes_total{}"), 0.0);
+    assert_eq!(get("tailgate_truncations_total{}"), 0.0);
+    assert!(get("tailgate_upstream_pool_connections{\"state\": \"idle\"}") >= 1.0);
+    assert_eq!(
+        get("tailgate_upstream_pool_connections{\"state\": \"active\"}"),
+        0.0
+    );
+    assert!(get("tailgate_connections{\"state\": \"writing\"}") >= 1.0);
+    assert!(get("tailgate_request_duration_seconds{\"quantile\": \"0.99\"}") > 0.0);
+    assert!(get("tailgate_first_byte_seconds{\"quantile\": \"0.5\"}") > 0.0);
+    assert!(get("tailgate_request_duration_seconds_count{}") >= 4.0);
+
+    // 4. No credential or signature in any log.
+    let logs = format!("{}{}", tg.log(), std::fs::read_to_string(&access).unwrap());
+    assert!(
+        !logs.contains(SK) && !logs.contains("Signature=") && !logs.contains(AK),
+        "{logs}"
+    );
+}
+
+/// Splits a combined+upstream line: addr, request, status, bytes, referer, agent,
+/// upstream time, upstream bytes, resumes.
+fn regex_lite(line: &str) -> Vec<String> {
+    let (addr, rest) = line.split_once(" - - [").unwrap();
+    let (_time, rest) = rest.split_once("] \"").unwrap();
+    let (request, rest) = rest.split_once("\" ").unwrap();
+    let mut it = rest.splitn(3, ' ');
+    let status = it.next().unwrap();
+    let bytes = it.next().unwrap();
+    let rest = it.next().unwrap();
+    let quoted: Vec<&str> = rest.split('"').collect();
+    let tail: Vec<&str> = quoted[4].split_whitespace().collect();
+    [
+        addr, request, status, bytes, quoted[1], quoted[3], tail[0], tail[1], tail[2],
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn reload_applies_to_new_requests_while_a_download_finishes_on_the_old_conf() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "r", bytes(48 * MIB, 3), vec![("a", bytes(1000, 4))]);
+    let dir = TempDir::new("reload");
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
+    let conf_path = tg.dir.path().join("tailgate.conf");
+    // 1. A slow download in flight.
+    let addr = tg.addr;
+    let slow = std::thread::spawn(move || {
+        SlowClient {
+            rcvbuf: 64 * 1024,
+            read_size: 64 * 1024,
+            per_read: Duration::from_millis(2),
+            pauses: vec![],
+        }
+        .get(addr, "/apk/r/a.apk", 48 * MIB + 1000)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // 2. An invalid conf is refused and the running one kept.
+    std::fs::write(&conf_path, "http { listne 1; }").unwrap();
+    signal(&tg, "-HUP");
+    wait_for("the reload error", Duration::from_secs(3), || {
+        tg.log().contains("keeping the running configuration")
+    });
+    assert!(
+        tg.log().contains("unknown directive \"listne\""),
+        "{}",
+        tg.log()
+    );
+    assert_eq!(
+        tg.get("/apk/r/a.apk", &[("Range", "bytes=0-0")]).status,
+        206
+    );
+    // 3. A valid conf with a new location and s3 block applies to new requests.
+    let access = dir.path().join("access.log");
+    let new_conf = conf(&s3.endpoint(), SK, &format!("access_log {};", access.display()), "").replace(
+        "location /files/ { object apks; }",
+        &format!(
+            "s3 second {{ endpoint {}; bucket {BUCKET}; access_key_id {AK}; secret_access_key {SK}; }}\n location /v2/ {{ composite second; }}",
+            s3.endpoint()
+        ),
+    );
+    std::fs::write(&conf_path, new_conf).unwrap();
+    signal(&tg, "-HUP");
+    wait_for("generation 1", Duration::from_secs(3), || {
+        tg.log().contains("generation 1 in use")
+    });
+    let r = tg.get("/v2/r/a.apk", &[("Range", "bytes=0-9")]);
+    assert_eq!(r.status, 206, "{}", tg.log());
+    assert_eq!(r.body, pkg.full("a")[..10]);
+    assert_eq!(
+        tg.get("/files/r/base.apk", &[]).status,
+        404,
+        "the removed location is gone"
+    );
+    wait_for(
+        "an access-log line from the new conf",
+        Duration::from_secs(3),
+        || {
+            std::fs::read_to_string(&access)
+                .unwrap_or_default()
+                .contains("/v2/r/a.apk")
+        },
+    );
+    // 4. The download that started before both reloads is whole.
+    let res = slow.join().unwrap();
+    assert!(
+        !res.cut_short && res.body == pkg.full("a"),
+        "in-flight download differs ({} bytes)",
+        res.body.len()
+    );
+    assert!(tg.proc.0.id() > 0);
+}
+
+#[test]
+fn sigquit_drains_and_sigterm_exits_fast() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "q", bytes(32 * MIB, 5), vec![("a", bytes(1000, 6))]);
+    let dir = TempDir::new("quit");
+    let pid_file = dir.path().join("tailgate.pid");
+    let mut tg = Tailgate::start(&format!(
+        "pid {};\n{}",
+        pid_file.display(),
+        conf(&s3.endpoint(), SK, "", "")
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        tg.proc.0.id().to_string()
+    );
+    let addr = tg.addr;
+    let slow = std::thread::spawn(move || {
+        SlowClient {
+            rcvbuf: 64 * 1024,
+            read_size: 64 * 1024,
+            per_read: Duration::from_millis(3),
+            pauses: vec![],
+        }
+        .get(addr, "/apk/q/a.apk", 32 * MIB + 1000)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&tg, "-QUIT");
+    // New connections are no longer accepted...
+    wait_for("the listener to close", Duration::from_secs(3), || {
+        let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+            return true;
+        };
+        let _ = std::io::Write::write_all(&mut c, OK_REQUEST.as_bytes());
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        matches!(std::io::Read::read(&mut c, &mut b), Ok(0) | Err(_))
+    });
+    // ...while the download in flight completes, then the process exits.
+    let res = slow.join().unwrap();
+    assert!(
+        !res.cut_short && res.body == pkg.full("a"),
+        "drained download differs ({} bytes)",
+        res.body.len()
+    );
+    wait_for("exit after the drain", Duration::from_secs(5), || {
+        tg.proc.0.try_wait().unwrap().is_some()
+    });
+    assert!(!pid_file.exists(), "pid file removed");
+
+    let mut tg2 = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
+    let started = Instant::now();
+    signal(&tg2, "-TERM");
+    wait_for("exit on SIGTERM", Duration::from_secs(2), || {
+        tg2.proc.0.try_wait().unwrap().is_some()
+    });
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+const OK_REQUEST: &str = "GET /apk/q/a.apk HTTP/1.1\r\nHost: t\r\nRange: bytes=0-0\r\n\r\n";
+
+#[test]
+fn the_openresty_front_config_in_front_of_tailgate() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "front",
+        bytes(5 * MIB + 123, 7),
+        vec![("a", bytes(300_000, 8)), ("b", bytes(10, 9))],
+    );
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
+    let front_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/openresty.conf"))
+        .unwrap()
+        .replace("server 127.0.0.1:8080;", &format!("server {};", tg.addr))
+        .replace("keepalive 32;", "keepalive 4;")
+        .replace("listen 127.0.0.1:80;", &format!("listen {front_addr};"))
+        .replace("worker_processes auto;", "worker_processes 1;");
+    let front = Nginx::start_full(&text, front_addr);
+    // Whole downloads (assembled by nginx from 1 MiB slices) and ranges, byte-identical.
+    for round in 0..3 {
+        for v in ["a", "b"] {
+            let mut c = Client::connect(front.addr);
+            c.send(&request("GET", &format!("/apk/front/{v}.apk"), &[]));
+            let r = c.response(false).unwrap();
+            assert_eq!(r.status, 200, "{v} round {round}: {}", front.error_log());
+            assert!(r.body == pkg.full(v), "{v} round {round}: body differs");
+            let spec = format!("bytes={}-{}", 5 * MIB - 7, 5 * MIB + 200);
+            c.send(&request(
+                "GET",
+                &format!("/apk/front/{v}.apk"),
+                &[("Range", &spec)],
+            ));
+            let r = c.response(false).unwrap();
+            assert_eq!(r.status, 206);
+            let end = (5 * MIB + 200).min(pkg.full(v).len() - 1);
+            assert!(
+                r.body == pkg.full(v)[5 * MIB - 7..=end],
+                "{v}: range differs"
+            );
+        }
+    }
+    // The pool between nginx and tailgate stays within its size.
+    let nginx_pids = Command::new("pgrep")
+        .args(["-f", "nginx: worker process"])
+        .output()
+        .unwrap();
+    let mut conns = 0;
+    for pid in String::from_utf8_lossy(&nginx_pids.stdout)
+        .lines()
+        .filter_map(|p| p.trim().parse::<u32>().ok())
+    {
+        conns += established_to(pid, tg.addr);
+    }
+    assert!(
+        (1..=4).contains(&conns),
+        "{conns} connections from nginx to tailgate"
+    );
+}
