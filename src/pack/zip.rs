@@ -121,7 +121,9 @@ pub fn read_layout(
         ));
     }
     let cd = read(cd_offset, cd_size)?;
-    if cd_size > 0 && u32_at(&cd, 0) != 0x0201_4b50 {
+    // A central directory too short for one entry's signature is as wrong as a bad one
+    // (found by the signing_block fuzz target: a 2-byte directory).
+    if cd_size > 0 && (cd.len() < 4 || u32_at(&cd, 0) != 0x0201_4b50) {
         return err(format!("no central directory entry at offset {cd_offset}"));
     }
     let block = read_block(cd_offset, &mut read)?;
@@ -260,6 +262,17 @@ pub(crate) mod tests {
         assert_eq!(&e[22..], b"xyz");
         assert!(eocd_with(&l.eocd, 1 << 32, b"").is_err());
         assert!(eocd_with(&l.eocd, 0, &vec![0; 70_000]).is_err());
+    }
+
+    /// An EOCD claiming a 2-byte central directory right before it.
+    fn two_byte_cd() -> Vec<u8> {
+        let mut f = vec![0x50, 0x4b];
+        f.extend_from_slice(&EOCD_SIG.to_le_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&2u32.to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&0u16.to_le_bytes());
+        f
     }
 
     #[test]
