@@ -298,6 +298,7 @@ pub(crate) mod tests {
                 good[..good.len() - 1].to_vec(),
                 "no End of Central Directory",
             ),
+            (two_byte_cd(), "no central directory entry"),
         ];
         for (f, want) in cases {
             let e = layout_of(&f).unwrap_err();
