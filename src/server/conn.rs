@@ -30,6 +30,9 @@ use crate::upstream::{ErrorKind, UpstreamError};
 
 use super::worker::{State, Worker};
 
+/// The head buffer of a new or idle connection; it grows up to client_header_buffer_size.
+const INITIAL_HEAD_BUFFER: usize = 256;
+
 /// Why a request could not be served as asked.
 #[derive(Debug)]
 enum Failure {
@@ -73,10 +76,15 @@ fn error_response(f: &Failure) -> (u16, bool) {
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
     let _ = stream.set_nodelay(true);
     let mut gauge = Gauge::new(&w.stats);
-    let cap = w.state().conf.http.client_header_buffer_size;
-    let mut buf: Vec<u8> = Vec::with_capacity(cap);
+    // Idle connections should cost little: the head buffer starts small and grows, up to
+    // client_header_buffer_size, only for heads that need it.
+    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_HEAD_BUFFER);
     let mut served: u64 = 0;
     loop {
+        if buf.is_empty() && buf.capacity() > INITIAL_HEAD_BUFFER {
+            // Going idle: give back what a large head made the buffer grow to.
+            buf = Vec::with_capacity(INITIAL_HEAD_BUFFER);
+        }
         let st = w.state();
         let http = &st.conf.http;
         let (read, back) = read_head(&stream, buf, served == 0, http, &mut gauge).await;
@@ -118,7 +126,9 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
             }
         }
         gauge.set(ConnState::Writing);
-        let reply = respond(&stream, &w, &st, &head, keep_alive).await;
+        // Boxed: the response's state lives on the heap only while it is being served, so an
+        // idle connection's task stays small.
+        let reply = Box::pin(respond(&stream, &w, &st, &head, keep_alive)).await;
         finish(&w, peer, &head.request_line, Some(&head), &reply, started);
         if !reply.keep || !keep_alive {
             break;
@@ -262,8 +272,13 @@ async fn read_head(
             None if first => http.client_header_timeout,
             None => http.keepalive_timeout,
         };
+        if buf.len() == buf.capacity() {
+            let grown = (buf.capacity() * 4).clamp(INITIAL_HEAD_BUFFER, cap);
+            buf.reserve_exact(grown - buf.len());
+        }
         let start = buf.len();
-        let read = stream.read(buf.slice(start..cap));
+        let end = buf.capacity().min(cap);
+        let read = stream.read(buf.slice(start..end));
         match tokio::time::timeout(wait, read).await {
             Ok((Ok(0), slice)) => return (HeadRead::Closed, slice.into_inner()),
             Ok((Ok(_), slice)) => {
