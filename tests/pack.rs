@@ -47,6 +47,19 @@ fn tailgate(args: &[&str], env: &[(&str, String)]) -> Output {
     c.output().unwrap()
 }
 
+/// `tailgate pack --apk APK --channels LIST` plus `rest`.
+fn pack(apk: &Path, list: &Path, rest: &[&str], env: &[(&str, String)]) -> Output {
+    let mut args = vec![
+        "pack",
+        "--apk",
+        apk.to_str().unwrap(),
+        "--channels",
+        list.to_str().unwrap(),
+    ];
+    args.extend_from_slice(rest);
+    tailgate(&args, env)
+}
+
 fn s3_env(s3: &S3, secret: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", s3.endpoint()),
@@ -98,18 +111,10 @@ fn packed_channels_are_served_valid_and_read_back() {
     let s3 = S3::start();
 
     // 1. Pack to S3, and the same layout locally for comparison.
-    let o = tailgate(
-        &[
-            "pack",
-            "--apk",
-            apk.to_str().unwrap(),
-            "--channels",
-            list.to_str().unwrap(),
-            "--dest",
-            "s3://apks/apps/demo/1.0",
-            "--extra",
-            "build=42",
-        ],
+    let o = pack(
+        &apk,
+        &list,
+        &["--dest", "s3://apks/apps/demo/1.0", "--extra", "build=42"],
         &s3_env(&s3, SK),
     );
     assert!(
@@ -118,13 +123,10 @@ fn packed_channels_are_served_valid_and_read_back() {
         String::from_utf8_lossy(&o.stderr)
     );
     let local = work.path().join("local");
-    let o = tailgate(
+    let o = pack(
+        &apk,
+        &list,
         &[
-            "pack",
-            "--apk",
-            apk.to_str().unwrap(),
-            "--channels",
-            list.to_str().unwrap(),
             "--out",
             local.to_str().unwrap(),
             "--package",
@@ -170,16 +172,10 @@ fn packed_channels_are_served_valid_and_read_back() {
     // 3. Re-running with more channels keeps the earlier ones and does not upload the base again.
     let more = work.path().join("more.txt");
     std::fs::write(&more, "late1\nlate2\n").unwrap();
-    let o = tailgate(
-        &[
-            "pack",
-            "--apk",
-            apk.to_str().unwrap(),
-            "--channels",
-            more.to_str().unwrap(),
-            "--dest",
-            "s3://apks/apps/demo/1.0",
-        ],
+    let o = pack(
+        &apk,
+        &more,
+        &["--dest", "s3://apks/apps/demo/1.0"],
         &s3_env(&s3, SK),
     );
     let err = String::from_utf8_lossy(&o.stderr);
@@ -211,13 +207,10 @@ fn vasdolly_and_v1_only_apks() {
     ] {
         let apk = make_apk(work.path(), &format!("{mode}-{scheme}.apk"), 1, mode);
         let out = work.path().join(format!("out-{mode}-{scheme}"));
-        let o = tailgate(
+        let o = pack(
+            &apk,
+            &list,
             &[
-                "pack",
-                "--apk",
-                apk.to_str().unwrap(),
-                "--channels",
-                list.to_str().unwrap(),
                 "--out",
                 out.to_str().unwrap(),
                 "--package",
@@ -244,18 +237,10 @@ fn broken_inputs_and_refused_uploads_fail_cleanly() {
     std::fs::write(&list, "a\n").unwrap();
     let not_zip = work.path().join("not.apk");
     std::fs::write(&not_zip, vec![7u8; 5000]).unwrap();
-    let o = tailgate(
-        &[
-            "pack",
-            "--apk",
-            not_zip.to_str().unwrap(),
-            "--channels",
-            list.to_str().unwrap(),
-            "--out",
-            "/tmp/unused",
-            "--package",
-            "p",
-        ],
+    let o = pack(
+        &not_zip,
+        &list,
+        &["--out", "/tmp/unused", "--package", "p"],
         &[],
     );
     assert!(!o.status.success());
@@ -265,16 +250,10 @@ fn broken_inputs_and_refused_uploads_fail_cleanly() {
     // A refused upload leaves no manifest behind.
     let apk = make_apk(work.path(), "base.apk", 1, "all");
     let s3 = S3::start();
-    let o = tailgate(
-        &[
-            "pack",
-            "--apk",
-            apk.to_str().unwrap(),
-            "--channels",
-            list.to_str().unwrap(),
-            "--dest",
-            "s3://apks/p",
-        ],
+    let o = pack(
+        &apk,
+        &list,
+        &["--dest", "s3://apks/p"],
         &s3_env(&s3, "wrong"),
     );
     assert!(!o.status.success());
@@ -288,18 +267,10 @@ fn broken_inputs_and_refused_uploads_fail_cleanly() {
     // S3 from a conf file's s3 block.
     let conf_path = work.path().join("t.conf");
     std::fs::write(&conf_path, conf(&s3.endpoint(), SK, "", "")).unwrap();
-    let o = tailgate(
-        &[
-            "pack",
-            "--apk",
-            apk.to_str().unwrap(),
-            "--channels",
-            list.to_str().unwrap(),
-            "--dest",
-            "s3://apks/p",
-            "-c",
-            conf_path.to_str().unwrap(),
-        ],
+    let o = pack(
+        &apk,
+        &list,
+        &["--dest", "s3://apks/p", "-c", conf_path.to_str().unwrap()],
         &[],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -351,7 +351,7 @@ impl Upstream {
         key: &str,
         max: usize,
     ) -> Result<(UpstreamHead, Vec<u8>), UpstreamError> {
-        let retries = self.blocks.get(block).map_or(0, |b| b.conf.retries);
+        let retries = self.retries(block);
         let mut attempt = 0;
         let mut slept = Duration::ZERO;
         let kind = if method == "HEAD" {

@@ -485,10 +485,16 @@ impl Nginx {
             server.replace("{listen}", &addr.to_string())
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        Self::run(dir, &format!("{p}/nginx.conf"), addr, Stdio::null())
+    }
+
+    /// Starts nginx with prefix `dir` and conf `conf` (absolute or prefix-relative).
+    fn run(dir: TempDir, conf: &str, addr: SocketAddr, stderr: Stdio) -> Nginx {
+        let p = dir.path().display().to_string();
         let child = Command::new("nginx")
-            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
+            .args(["-p", &p, "-c", conf])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("nginx (run scripts/setup.sh)");
         let n = Nginx {
@@ -601,20 +607,8 @@ impl Nginx {
         }
         let text = format!("daemon off;\nuser nobody nogroup;\n{conf}");
         std::fs::write(dir.path().join("conf/nginx.conf"), text).unwrap();
-        let p = dir.path().display().to_string();
-        let child = Command::new("nginx")
-            .args(["-p", &p, "-c", "conf/nginx.conf"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .expect("nginx (run scripts/setup.sh)");
-        let n = Nginx {
-            addr,
-            dir,
-            _proc: Proc(child),
-        };
-        wait_for_port(addr, "nginx");
-        n
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        Self::run(dir, "conf/nginx.conf", addr, stderr.into())
     }
 }
 
