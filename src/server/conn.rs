@@ -210,11 +210,12 @@ struct Gauge {
 }
 
 impl Gauge {
+    /// A new connection waits for its first byte, as nginx counts it.
     fn new(stats: &Arc<Stats>) -> Gauge {
-        stats.enter(ConnState::Reading);
+        stats.enter(ConnState::Waiting);
         Gauge {
             stats: Arc::clone(stats),
-            state: ConnState::Reading,
+            state: ConnState::Waiting,
         }
     }
 
@@ -254,7 +255,7 @@ async fn read_head(
     let cap = http.client_header_buffer_size;
     let mut buf = buf;
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout);
-    gauge.set(if buf.is_empty() && !first {
+    gauge.set(if buf.is_empty() {
         ConnState::Waiting
     } else {
         ConnState::Reading
