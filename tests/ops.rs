@@ -19,6 +19,24 @@ fn signal(tg: &Tailgate, sig: &str) {
     assert!(ok.success());
 }
 
+/// A download read at a steady, slow pace on its own thread.
+fn download_in_flight(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    len: usize,
+    per_read_ms: u64,
+) -> std::thread::JoinHandle<SlowResult> {
+    std::thread::spawn(move || {
+        SlowClient {
+            rcvbuf: 64 * 1024,
+            read_size: 64 * 1024,
+            per_read: Duration::from_millis(per_read_ms),
+            pauses: vec![],
+        }
+        .get(addr, path, len)
+    })
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -219,15 +237,7 @@ fn reload_applies_to_new_requests_while_a_download_finishes_on_the_old_conf() {
     let conf_path = tg.dir.path().join("tailgate.conf");
     // 1. A slow download in flight.
     let addr = tg.addr;
-    let slow = std::thread::spawn(move || {
-        SlowClient {
-            rcvbuf: 64 * 1024,
-            read_size: 64 * 1024,
-            per_read: Duration::from_millis(2),
-            pauses: vec![],
-        }
-        .get(addr, "/apk/r/a.apk", 48 * MIB + 1000)
-    });
+    let slow = download_in_flight(addr, "/apk/r/a.apk", 48 * MIB + 1000, 2);
     std::thread::sleep(Duration::from_millis(300));
     // 2. An invalid conf is refused and the running one kept.
     std::fs::write(&conf_path, "http { listne 1; }").unwrap();
@@ -301,15 +311,7 @@ fn sigquit_drains_and_sigterm_exits_fast() {
         tg.proc.0.id().to_string()
     );
     let addr = tg.addr;
-    let slow = std::thread::spawn(move || {
-        SlowClient {
-            rcvbuf: 64 * 1024,
-            read_size: 64 * 1024,
-            per_read: Duration::from_millis(3),
-            pauses: vec![],
-        }
-        .get(addr, "/apk/q/a.apk", 32 * MIB + 1000)
-    });
+    let slow = download_in_flight(addr, "/apk/q/a.apk", 32 * MIB + 1000, 3);
     std::thread::sleep(Duration::from_millis(300));
     signal(&tg, "-QUIT");
     // New connections are no longer accepted...
