@@ -428,8 +428,9 @@ async fn load_variant(
     key: &str,
     variant: &str,
 ) -> Result<Rc<Composite>, Failure> {
-    let cache_key = format!("{block}\0{key}");
-    let cached = st.manifests.borrow().get(&cache_key, Instant::now());
+    // `block` comes from a Route of this generation's conf, so it always has a cache.
+    let cache = st.manifests.get(block).ok_or(Failure::NotFound)?;
+    let cached = cache.borrow().get(key, Instant::now());
     let manifest = match cached {
         Some(m) => m,
         None => {
@@ -444,9 +445,9 @@ async fn load_variant(
             let m = Rc::new(
                 Manifest::parse(&body).map_err(|e| Failure::BadObject(format!("{key}: {e}")))?,
             );
-            st.manifests
+            cache
                 .borrow_mut()
-                .insert(cache_key, Rc::clone(&m), Instant::now());
+                .insert(key.to_string(), Rc::clone(&m), Instant::now());
             m
         }
     };
@@ -454,8 +455,9 @@ async fn load_variant(
 }
 
 async fn load_object(st: &State, block: usize, key: &str) -> Result<Rc<Composite>, Failure> {
-    let cache_key = format!("{block}\0{key}");
-    if let Some(c) = st.objects.borrow().get(&cache_key, Instant::now()) {
+    // `block` comes from a Route of this generation's conf, so it always has a cache.
+    let cache = st.objects.get(block).ok_or(Failure::NotFound)?;
+    if let Some(c) = cache.borrow().get(key, Instant::now()) {
         return Ok(c);
     }
     let (head, _) = st
@@ -489,9 +491,9 @@ async fn load_object(st: &State, block: usize, key: &str) -> Result<Rc<Composite
     let c = Rc::new(
         Composite::new(vec![segment], etag, last_modified, content_type).map_err(|m| bad(&m))?,
     );
-    st.objects
+    cache
         .borrow_mut()
-        .insert(cache_key, Rc::clone(&c), Instant::now());
+        .insert(key.to_string(), Rc::clone(&c), Instant::now());
     Ok(c)
 }
 

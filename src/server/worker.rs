@@ -44,8 +44,10 @@ pub(super) struct State {
     pub generation: u64,
     pub conf: Arc<Config>,
     pub upstream: Upstream,
-    pub manifests: RefCell<Cache<Rc<Manifest>>>,
-    pub objects: RefCell<Cache<Rc<Composite>>>,
+    /// One cache per `s3` block, indexed like `conf.http.s3`, so a look-up borrows the key
+    /// instead of building one.
+    pub manifests: Vec<RefCell<Cache<Rc<Manifest>>>>,
+    pub objects: Vec<RefCell<Cache<Rc<Composite>>>>,
 }
 
 impl State {
@@ -54,14 +56,26 @@ impl State {
         Ok(State {
             generation,
             upstream: Upstream::new(&http.s3, Arc::clone(stats))?,
-            manifests: RefCell::new(Cache::new(
-                http.manifest_cache_ttl,
-                http.manifest_cache_size,
-            )),
-            objects: RefCell::new(Cache::new(
-                http.manifest_cache_ttl,
-                http.manifest_cache_size,
-            )),
+            manifests: http
+                .s3
+                .iter()
+                .map(|_| {
+                    RefCell::new(Cache::new(
+                        http.manifest_cache_ttl,
+                        http.manifest_cache_size,
+                    ))
+                })
+                .collect(),
+            objects: http
+                .s3
+                .iter()
+                .map(|_| {
+                    RefCell::new(Cache::new(
+                        http.manifest_cache_ttl,
+                        http.manifest_cache_size,
+                    ))
+                })
+                .collect(),
             conf,
         })
     }

@@ -14,6 +14,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use rustls::ClientConfig;
 
 use crate::conf::{Addressing, Scheme, S3};
@@ -472,6 +473,7 @@ impl Upstream {
         head: Vec<u8>,
         buf: Vec<u8>,
     ) -> (Result<(Transport, UpstreamHead), UpstreamError>, Vec<u8>) {
+        let head = Bytes::from(head);
         let Some(b) = self.blocks.get(block) else {
             return (
                 Err(UpstreamError::new(ErrorKind::Sign(
@@ -487,7 +489,7 @@ impl Upstream {
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
-            let (res, back) = self.exchange_on(block, t, head.clone(), buf).await;
+            let (res, back) = self.exchange_on(block, t, Bytes::clone(&head), buf).await;
             buf = back;
             match res {
                 Ok(v) => return (Ok(v), buf),
@@ -517,7 +519,7 @@ impl Upstream {
         &self,
         block: usize,
         mut t: Transport,
-        head: Vec<u8>,
+        head: Bytes,
         buf: Vec<u8>,
     ) -> (
         Result<(Transport, UpstreamHead), (UpstreamError, bool)>,
