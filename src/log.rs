@@ -26,7 +26,7 @@ pub fn init(target: &LogTarget, level: LogLevel) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn enabled(level: LogLevel) -> bool {
+fn enabled(level: LogLevel) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 

@@ -185,10 +185,6 @@ impl Upstream {
         })
     }
 
-    pub fn conf(&self, block: usize) -> Option<&S3> {
-        self.blocks.get(block).map(|b| &b.conf)
-    }
-
     /// Closes idle connections that expired or whose peer closed. Called about once a second.
     pub fn sweep(&self) {
         let now = Instant::now();
