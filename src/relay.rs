@@ -82,7 +82,7 @@ impl Relay<'_> {
             }
         }
         if !pending.is_empty() {
-            let (res, _) = self.write(pending).await;
+            let (res, _) = self.write(pending, 0).await;
             if res.is_err() {
                 return (Ok(End::ClientGone), buf);
             }
@@ -190,14 +190,12 @@ impl Relay<'_> {
         if buf.is_empty() {
             return (Ok(0), buf);
         }
-        if !pending.is_empty() {
-            let (res, _) = self.write(std::mem::take(pending)).await;
-            if res.is_err() {
-                return (Err(()), buf);
-            }
-        }
         let n = buf.len() as u64;
-        let (res, mut buf) = self.write(buf).await;
+        let (res, mut buf) = if pending.is_empty() {
+            self.write(buf, 0).await
+        } else {
+            self.write_pair(std::mem::take(pending), buf).await
+        };
         if res.is_err() {
             return (Err(()), buf);
         }
@@ -208,13 +206,44 @@ impl Relay<'_> {
         (Ok(n), buf)
     }
 
-    /// Writes all of `data` to the client. `send_timeout` bounds each write, i.e. the gap
+    /// Writes `first` (our own bytes) and then all of `body` with one `writev` where the
+    /// socket takes both, so a response head and its first body bytes leave in one operation
+    /// (and, for a small response, one TCP segment). Returns `body`'s buffer.
+    async fn write_pair(&self, first: Vec<u8>, body: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
+        let first_len = first.len();
+        let cap = body.capacity();
+        let writev = self.client.writev(vec![first, body]);
+        let (n, mut bufs) = match tokio::time::timeout(self.send_timeout, writev).await {
+            Ok((Ok(n), bufs)) if n > 0 => (n, bufs),
+            Ok((_, mut bufs)) => {
+                let _ = self.client.shutdown(Shutdown::Both);
+                return (Err(()), bufs.pop().unwrap_or_default());
+            }
+            Err(_) => {
+                let _ = self.client.shutdown(Shutdown::Both);
+                return (Err(()), Vec::with_capacity(cap));
+            }
+        };
+        let (Some(body), Some(first)) = (bufs.pop(), bufs.pop()) else {
+            let _ = self.client.shutdown(Shutdown::Both);
+            return (Err(()), Vec::with_capacity(cap));
+        };
+        if n >= first_len {
+            return self.write(body, n - first_len).await;
+        }
+        if self.write(first, n).await.0.is_err() {
+            return (Err(()), body);
+        }
+        self.write(body, 0).await
+    }
+
+    /// Writes `data[off..]` to the client. `send_timeout` bounds each write, i.e. the gap
     /// between two successful writes, as in nginx. On any failure the client socket is shut
     /// down (an abandoned write may still complete, and must find the socket dead).
-    async fn write(&self, data: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
+    async fn write(&self, data: Vec<u8>, off: usize) -> (Result<(), ()>, Vec<u8>) {
         let cap = data.capacity();
         let len = data.len();
-        let mut off = 0;
+        let mut off = off;
         let mut data = data;
         while off < len {
             let write = self.client.write(data.slice(off..len)).submit();
