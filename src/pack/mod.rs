@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::conf::{Config, Env, ProcessEnv, S3};
 use crate::object::manifest::MAX_MANIFEST_BYTES;
+use crate::upstream::s3;
 pub use channel::Scheme;
 use store::Store;
 
@@ -108,10 +109,6 @@ pub fn read_channel(path: &Path) -> Result<Option<channel::ChannelInfo>, String>
     channel::read(&layout).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn progress(msg: &str) {
     eprintln!("pack: {msg}");
 }
@@ -150,7 +147,7 @@ pub fn pack(args: &PackArgs) -> Result<(), String> {
         seen += chunk.len() as u64;
     })
     .map_err(|e| format!("{}: {e}", args.apk.display()))?;
-    let base_md5_etag = format!("\"{}\"", hex(&md5_all.finalize()));
+    let base_md5_etag = format!("\"{}\"", s3::hex(&md5_all.finalize()));
     let base_key = format!("{package}/base.apk");
     let base_etag = match store.head(&base_key)? {
         Some(s) if s.etag == base_md5_etag && s.length == layout.file_len => {
@@ -167,7 +164,7 @@ pub fn pack(args: &PackArgs) -> Result<(), String> {
         }
     };
     let head = serde_json::json!({
-        "key": base_key, "offset": 0, "length": split, "etag": base_etag, "sha256": hex(&sha_head.finalize()),
+        "key": base_key, "offset": 0, "length": split, "etag": base_etag, "sha256": s3::hex(&sha_head.finalize()),
     });
 
     // 2. One tail per channel.
@@ -176,12 +173,12 @@ pub fn pack(args: &PackArgs) -> Result<(), String> {
         let tail = channel::tail(&layout, ch, &args.extras, args.scheme)
             .map_err(|e| format!("{}: {e}", args.apk.display()))?;
         let key = format!("{package}/tails/{ch}");
-        let md5_etag = format!("\"{}\"", hex(&Md5::digest(&tail)));
+        let md5_etag = format!("\"{}\"", s3::hex(&Md5::digest(&tail)));
         let etag = store.put(&key, &mut Cursor::new(&tail), tail.len() as u64, &md5_etag)?;
         tails.insert(
             ch.clone(),
             serde_json::json!({
-                "key": key, "offset": 0, "length": tail.len(), "etag": etag, "sha256": hex(&Sha256::digest(&tail)),
+                "key": key, "offset": 0, "length": tail.len(), "etag": etag, "sha256": s3::hex(&Sha256::digest(&tail)),
             }),
         );
         if (i + 1) % 100 == 0 || i + 1 == channels.len() {
@@ -225,7 +222,7 @@ pub fn pack(args: &PackArgs) -> Result<(), String> {
         "tails": tails,
     });
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-    let md5_etag = format!("\"{}\"", hex(&Md5::digest(&bytes)));
+    let md5_etag = format!("\"{}\"", s3::hex(&Md5::digest(&bytes)));
     store.put(
         &manifest_key,
         &mut Cursor::new(&bytes),
@@ -252,7 +249,7 @@ fn open_store(dest: &Dest) -> Result<(Store, String), String> {
                 None => s3_from_env(&ProcessEnv)?,
             };
             s3.bucket = bucket.clone();
-            Ok((Store::S3(Box::new(s3)), package.clone()))
+            Ok((Store::S3(Box::new(s3::Signer::new(&s3))), package.clone()))
         }
     }
 }

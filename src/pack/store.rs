@@ -17,7 +17,7 @@ use crate::upstream::{s3, transport};
 
 pub(super) enum Store {
     Dir(PathBuf),
-    S3(Box<S3>),
+    S3(Box<s3::Signer>),
 }
 
 /// What a PUT or HEAD found: the ETag exactly as the store gives it.
@@ -56,9 +56,10 @@ impl Store {
                 }
                 Ok(md5_etag.to_string())
             }
-            Store::S3(conf) => {
+            Store::S3(signer) => {
+                let conf = signer.conf();
                 let head =
-                    s3::request_head(conf, "PUT", key, None, None, Some(len), SystemTime::now())?;
+                    signer.request_head("PUT", key, None, None, Some(len), SystemTime::now())?;
                 let mut conn = connect(conf)?;
                 conn.write_all(&head)
                     .map_err(|e| format!("PUT {key}: {e}"))?;
@@ -83,9 +84,9 @@ impl Store {
     pub(super) fn head(&self, key: &str) -> Result<Option<Stored>, String> {
         match self {
             Store::Dir(_) => Ok(None),
-            Store::S3(conf) => {
-                let head =
-                    s3::request_head(conf, "HEAD", key, None, None, None, SystemTime::now())?;
+            Store::S3(signer) => {
+                let conf = signer.conf();
+                let head = signer.request_head("HEAD", key, None, None, None, SystemTime::now())?;
                 let mut conn = connect(conf)?;
                 conn.write_all(&head)
                     .map_err(|e| format!("HEAD {key}: {e}"))?;
@@ -111,8 +112,9 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(format!("{key}: {e}")),
             },
-            Store::S3(conf) => {
-                let head = s3::request_head(conf, "GET", key, None, None, None, SystemTime::now())?;
+            Store::S3(signer) => {
+                let conf = signer.conf();
+                let head = signer.request_head("GET", key, None, None, None, SystemTime::now())?;
                 let mut conn = connect(conf)?;
                 conn.write_all(&head)
                     .map_err(|e| format!("GET {key}: {e}"))?;
@@ -130,13 +132,16 @@ impl Store {
     pub(super) fn describe(&self) -> String {
         match self {
             Store::Dir(d) => d.display().to_string(),
-            Store::S3(c) => format!(
-                "s3://{} at {}://{}:{}",
-                c.bucket,
-                scheme_name(c.endpoint.scheme),
-                c.endpoint.host,
-                c.endpoint.port
-            ),
+            Store::S3(signer) => {
+                let c = signer.conf();
+                format!(
+                    "s3://{} at {}://{}:{}",
+                    c.bucket,
+                    scheme_name(c.endpoint.scheme),
+                    c.endpoint.host,
+                    c.endpoint.port
+                )
+            }
         }
     }
 }

@@ -89,6 +89,7 @@ impl fmt::Display for UpstreamError {
 /// One `s3` block with what is derived from it once per generation.
 struct Block {
     conf: S3,
+    signer: s3::Signer,
     tls: Option<Arc<ClientConfig>>,
     /// TLS server name: the endpoint host, or `bucket.host` for virtual addressing.
     server_name: String,
@@ -173,6 +174,7 @@ impl Upstream {
                 };
                 Ok(Block {
                     conf: b.clone(),
+                    signer: s3::Signer::new(b),
                     tls,
                     server_name,
                 })
@@ -236,8 +238,7 @@ impl Upstream {
             );
         };
         let last = end.saturating_sub(1);
-        let head = match s3::request_head(
-            &b.conf,
+        let head = match b.signer.request_head(
             "GET",
             &seg.key,
             Some((start, last)),
@@ -398,7 +399,9 @@ impl Upstream {
             .blocks
             .get(block)
             .ok_or_else(|| UpstreamError::new(ErrorKind::Sign("no such s3 block".into())))?;
-        let head = s3::request_head(&b.conf, method, key, None, None, None, SystemTime::now())
+        let head = b
+            .signer
+            .request_head(method, key, None, None, None, SystemTime::now())
             .map_err(|e| UpstreamError::new(ErrorKind::Sign(e)))?;
         let (res, mut buf) = self
             .exchange(block, head, Vec::with_capacity(response::MAX_UPSTREAM_HEAD))
