@@ -132,7 +132,7 @@ pub(super) fn run(
         state: RefCell::new(Rc::new(state)),
         active: Cell::new(0),
     });
-    tokio_uring::start(async move {
+    runtime().start(async move {
         let sweeper = Rc::clone(&worker);
         tokio_uring::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -157,6 +157,20 @@ pub(super) fn run(
         std::future::pending::<()>().await;
     });
     Ok(())
+}
+
+/// The worker's io_uring runtime. With `IORING_SETUP_COOP_TASKRUN` (Linux 5.19+) the kernel
+/// runs completion work when the worker next enters it instead of interrupting it with an
+/// IPI for every completion that another CPU produced; where the kernel lacks it, the
+/// default setup is used.
+fn runtime() -> tokio_uring::Builder {
+    let mut coop = tokio_uring::uring_builder();
+    coop.setup_coop_taskrun();
+    let mut b = tokio_uring::builder();
+    if coop.build(8).is_ok() {
+        b.uring_builder(&coop);
+    }
+    b
 }
 
 async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>) {
