@@ -73,6 +73,9 @@ pub struct Stats {
     pub truncations: AtomicU64,
     pub pool_idle: AtomicI64,
     pub pool_active: AtomicI64,
+    pub tail_cache_hits: AtomicU64,
+    pub tail_cache_misses: AtomicU64,
+    pub tail_cache_bytes: AtomicI64,
     /// Microseconds.
     durations: Mutex<Histogram<u64>>,
     first_byte: Mutex<Histogram<u64>>,
@@ -102,6 +105,9 @@ impl Default for Stats {
             truncations: AtomicU64::new(0),
             pool_idle: AtomicI64::new(0),
             pool_active: AtomicI64::new(0),
+            tail_cache_hits: AtomicU64::new(0),
+            tail_cache_misses: AtomicU64::new(0),
+            tail_cache_bytes: AtomicI64::new(0),
             durations: Mutex::new(histogram()),
             first_byte: Mutex::new(histogram()),
         }
@@ -273,6 +279,23 @@ impl Registry {
             "tailgate_truncations_total",
             "Responses cut short, their connection closed.",
             self.sum(|s| l(&s.truncations)),
+        );
+        counter(
+            &mut out,
+            "tailgate_tail_cache_hits_total",
+            "Tail fetches served from the tail cache (tail_cache_size).",
+            self.sum(|s| l(&s.tail_cache_hits)),
+        );
+        counter(
+            &mut out,
+            "tailgate_tail_cache_misses_total",
+            "Tail fetches the tail cache admits but did not hold.",
+            self.sum(|s| l(&s.tail_cache_misses)),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tailgate_tail_cache_bytes Tail bytes held in the tail cache.\n# TYPE tailgate_tail_cache_bytes gauge\ntailgate_tail_cache_bytes {}",
+            self.sum_i(|s| g(&s.tail_cache_bytes))
         );
         let _ = writeln!(out, "# HELP tailgate_upstream_pool_connections Upstream connections, idle in the pool or in use.");
         let _ = writeln!(out, "# TYPE tailgate_upstream_pool_connections gauge");

@@ -5,15 +5,18 @@
 //! the first byte the client has not been sent; when that is impossible, the caller closes
 //! the client connection so the short body shows as short.
 
+use std::cell::RefCell;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::metrics::Segment as Kind;
 use crate::object::composite::Composite;
 use crate::object::plan::Fetch;
+use crate::object::tail_cache::TailCache;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// What goes to the client, in order.
@@ -46,12 +49,43 @@ pub struct Stats {
     pub first_write: Option<Instant>,
 }
 
+/// A whole tail being collected for the tail cache as it is relayed; its room in the
+/// cache's budget is given back when it is dropped, however the fetch ended.
+struct Fill<'a> {
+    cache: &'a RefCell<TailCache>,
+    reserved: u64,
+    bytes: Vec<u8>,
+}
+
+impl<'a> Fill<'a> {
+    fn begin(cache: &'a RefCell<TailCache>, length: u64) -> Option<Fill<'a>> {
+        let len = usize::try_from(length).ok()?;
+        if !cache.borrow_mut().begin_fill(length) {
+            return None;
+        }
+        Some(Fill {
+            cache,
+            reserved: length,
+            bytes: Vec::with_capacity(len),
+        })
+    }
+}
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.cache.try_borrow_mut() {
+            c.end_fill(self.reserved);
+        }
+    }
+}
+
 pub struct Relay<'a> {
     pub client: &'a TcpStream,
     pub upstream: &'a Upstream,
     pub block: usize,
     pub composite: &'a Composite,
     pub send_timeout: Duration,
+    pub tails: &'a RefCell<TailCache>,
 }
 
 impl Relay<'_> {
@@ -107,6 +141,21 @@ impl Relay<'_> {
             (_, 0) => Kind::Head,
             _ => Kind::Tail,
         };
+        // Tails the cache admits come from it, or fill it when this fetch is the whole tail.
+        let cacheable = kind == Kind::Tail && self.tails.borrow().admits(seg.length);
+        let mut fill: Option<Fill<'_>> = None;
+        if cacheable {
+            let cached = self.tails.borrow_mut().get(seg);
+            self.upstream.record_cache(cached.is_some());
+            if let Some(bytes) = cached {
+                let at = |p: u64| usize::try_from(p.saturating_sub(seg.offset)).unwrap_or(0);
+                let part = bytes.get(at(f.start)..at(f.end)).unwrap_or_default();
+                return self.send_cached(part, pending, written, buf, stats).await;
+            }
+            if f.start == seg.offset && f.len() == seg.length {
+                fill = Fill::begin(self.tails, seg.length);
+            }
+        }
         let retries = self.upstream.retries(self.block);
         let mut attempt = 0u32;
         let mut slept = Duration::ZERO;
@@ -143,6 +192,9 @@ impl Relay<'_> {
             };
             loop {
                 // The bytes in `buf` are good even when the read after them fails.
+                if let Some(v) = fill.as_mut() {
+                    v.bytes.extend_from_slice(&buf);
+                }
                 let (sent, back) = self.send(buf, pending, written, stats).await;
                 buf = back;
                 let Ok(n) = sent else {
@@ -161,6 +213,9 @@ impl Relay<'_> {
                 buf = back;
                 if let Err(e) = res {
                     self.upstream.record(kind, Err(&e));
+                    if let Some(v) = fill.as_mut() {
+                        v.bytes.extend_from_slice(&buf);
+                    }
                     let (sent, back) = self.send(buf, pending, written, stats).await;
                     buf = back;
                     let Ok(n) = sent else {
@@ -173,6 +228,36 @@ impl Relay<'_> {
                     }
                     return (Err(e), buf);
                 }
+            }
+        }
+        if let Some(mut v) = fill {
+            let bytes = Bytes::from(std::mem::take(&mut v.bytes));
+            // Gives the reservation back before the cache is borrowed for the insert.
+            drop(v);
+            let mut tails = self.tails.borrow_mut();
+            tails.insert(seg, bytes);
+            self.upstream.publish_cache_bytes(tails.used());
+        }
+        (Ok(End::Complete), buf)
+    }
+
+    /// Sends bytes of a cached segment through the relay buffer: no upstream request.
+    async fn send_cached(
+        &self,
+        part: &[u8],
+        pending: &mut Vec<u8>,
+        written: &mut bool,
+        buf: Vec<u8>,
+        stats: &mut Stats,
+    ) -> (Result<End, UpstreamError>, Vec<u8>) {
+        let mut buf = buf;
+        for chunk in part.chunks(buf.capacity().max(1)) {
+            buf.clear();
+            buf.extend_from_slice(chunk);
+            let (sent, back) = self.send(buf, pending, written, stats).await;
+            buf = back;
+            if sent.is_err() {
+                return (Ok(End::ClientGone), buf);
             }
         }
         (Ok(End::Complete), buf)

@@ -6,3 +6,4 @@ pub mod conditional;
 pub mod manifest;
 pub mod plan;
 pub mod range;
+pub mod tail_cache;

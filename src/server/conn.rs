@@ -594,6 +594,7 @@ async fn serve_composite(
         block,
         composite: c,
         send_timeout: st.conf.http.send_timeout,
+        tails: &st.tails,
     };
     let mut stats = RelayStats::default();
     let buf = Vec::with_capacity(st.conf.http.relay_buffer_size);

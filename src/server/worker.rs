@@ -15,6 +15,7 @@ use crate::log::{self, AccessLog};
 use crate::metrics::{Registry, Stats};
 use crate::object::composite::Composite;
 use crate::object::manifest::{Cache, Manifest};
+use crate::object::tail_cache::TailCache;
 use crate::upstream::Upstream;
 
 use super::conn;
@@ -48,6 +49,8 @@ pub(super) struct State {
     /// instead of building one.
     pub manifests: Vec<RefCell<Cache<Rc<Manifest>>>>,
     pub objects: Vec<RefCell<Cache<Rc<Composite>>>>,
+    /// This worker's share of `tail_cache_size`.
+    pub tails: RefCell<TailCache>,
 }
 
 impl State {
@@ -76,6 +79,9 @@ impl State {
                     ))
                 })
                 .collect(),
+            tails: RefCell::new(TailCache::new(
+                http.tail_cache_size / conf.worker_threads.max(1) as u64,
+            )),
             conf,
         })
     }

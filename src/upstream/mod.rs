@@ -211,6 +211,24 @@ impl Upstream {
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts a tail-cache look-up.
+    pub fn record_cache(&self, hit: bool) {
+        let c = if hit {
+            &self.stats.tail_cache_hits
+        } else {
+            &self.stats.tail_cache_misses
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Publishes the bytes this worker's tail cache holds.
+    pub fn publish_cache_bytes(&self, bytes: u64) {
+        self.stats.tail_cache_bytes.store(
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Counts one upstream request's result (the metrics of SPEC §6).
     pub fn record(&self, kind: Kind, result: Result<(), &UpstreamError>) {
         self.stats.upstream(

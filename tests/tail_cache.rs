@@ -1,0 +1,129 @@
+//! The tail cache (`tail_cache_size`): hot tails are served with no upstream request,
+//! byte for byte, a new version of a tail (another ETag) is never served from the old
+//! entry, tails too large for it still stream, and with the default (off) every download
+//! fetches its tail.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const HEAD_LEN: usize = 1024 * 1024 + 3;
+
+fn start(s3: &S3, extra_http: &str) -> Tailgate {
+    let conf = conf(&s3.endpoint(), SK, extra_http, "")
+        .replace("worker_threads 2;", "worker_threads 1;")
+        .replace(
+            "location /files/",
+            "location = /metrics { metrics; }\n location /files/",
+        );
+    Tailgate::start(&conf)
+}
+
+/// A counter or gauge from tailgate's own metrics.
+fn metric(tg: &Tailgate, line_prefix: &str) -> u64 {
+    let r = tg.get("/metrics", &[]);
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
+}
+
+fn tail_requests(tg: &Tailgate) -> u64 {
+    metric(
+        tg,
+        "tailgate_upstream_requests_total{segment=\"tail\",result=\"ok\"}",
+    )
+}
+
+#[test]
+fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
+    let s3 = S3::start();
+    let name = "apps/cache/1.0";
+    let pkg = upload_package(
+        &s3,
+        name,
+        bytes(HEAD_LEN, 1),
+        vec![("hot", bytes(6000, 2)), ("big", bytes(300_000, 3))],
+    );
+    // 1 MiB budget: entries up to 256 KiB, so "big" is never cached.
+    let tg = start(&s3, "tail_cache_size 1m;\n manifest_cache_ttl 1s;");
+    let hot = format!("/apk/{name}/hot.apk");
+    let full = pkg.full("hot");
+
+    for round in 0..3 {
+        let r = tg.get(&hot, &[]);
+        assert_eq!(r.status, 200);
+        assert!(r.body == full, "round {round}: body differs");
+    }
+    assert_eq!(tail_requests(&tg), 1, "one upstream request for the tail");
+    assert_eq!(metric(&tg, "tailgate_tail_cache_misses_total"), 1);
+    assert_eq!(metric(&tg, "tailgate_tail_cache_hits_total"), 2);
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 6000);
+
+    // Ranges inside the cached tail and across the seam, from memory.
+    let len = full.len();
+    for (a, b) in [
+        (HEAD_LEN + 100, HEAD_LEN + 199),
+        (len - 50, len - 1),
+        (HEAD_LEN - 10, HEAD_LEN + 9),
+        (0, len - 1),
+    ] {
+        let spec = format!("bytes={a}-{b}");
+        let r = tg.get(&hot, &[("Range", &spec)]);
+        assert_eq!(r.status, 206, "{spec}");
+        assert!(r.body == full[a..=b], "{spec}: bytes differ");
+    }
+    let multi = format!("bytes=0-9,{}-{}", HEAD_LEN + 1, HEAD_LEN + 5);
+    let r = tg.get(&hot, &[("Range", &multi)]);
+    assert_eq!(r.status, 206);
+    assert!(
+        r.body
+            .windows(5)
+            .any(|w| w == &full[HEAD_LEN + 1..HEAD_LEN + 6]),
+        "multipart part from the cached tail"
+    );
+    assert_eq!(tail_requests(&tg), 1, "ranges in the tail were all hits");
+
+    // A tail over the entry bound streams every time.
+    let big = format!("/apk/{name}/big.apk");
+    for _ in 0..2 {
+        assert!(tg.get(&big, &[]).body == pkg.full("big"));
+    }
+    assert_eq!(tail_requests(&tg), 3);
+
+    // A new version of the hot tail: new object, new ETag, new manifest. Once the manifest
+    // cache expires the new bytes are served, never the cached old ones.
+    let pkg2 = upload_package(
+        &s3,
+        name,
+        pkg.head,
+        vec![("hot", bytes(6000, 9)), ("big", bytes(300_000, 3))],
+    );
+    #[allow(clippy::disallowed_methods)] // waiting out manifest_cache_ttl
+    std::thread::sleep(Duration::from_millis(1300));
+    let r = tg.get(&hot, &[]);
+    assert!(r.body == pkg2.full("hot"), "the new tail version is served");
+    assert_eq!(tail_requests(&tg), 4);
+    let r = tg.get(&hot, &[]);
+    assert!(r.body == pkg2.full("hot"));
+    assert_eq!(tail_requests(&tg), 4, "and then cached");
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 6000);
+}
+
+#[test]
+fn off_by_default() {
+    let s3 = S3::start();
+    let name = "apps/nocache/1.0";
+    let pkg = upload_package(&s3, name, bytes(HEAD_LEN, 4), vec![("hot", bytes(6000, 5))]);
+    let tg = start(&s3, "");
+    let hot = format!("/apk/{name}/hot.apk");
+    for _ in 0..3 {
+        assert!(tg.get(&hot, &[]).body == pkg.full("hot"));
+    }
+    assert_eq!(tail_requests(&tg), 3);
+    assert_eq!(metric(&tg, "tailgate_tail_cache_hits_total"), 0);
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 0);
+}
