@@ -14,7 +14,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::metrics::Segment as Kind;
-use crate::object::composite::Composite;
+use crate::object::composite::{Composite, Segment};
 use crate::object::plan::Fetch;
 use crate::object::tail_cache::TailCache;
 use crate::upstream::{Upstream, UpstreamError};
@@ -49,8 +49,8 @@ pub struct Stats {
     pub first_write: Option<Instant>,
 }
 
-/// A whole tail being collected for the tail cache as it is relayed; its room in the
-/// cache's budget is given back when it is dropped, however the fetch ended.
+/// A whole tail being read for the tail cache; its room in the cache's budget is given
+/// back when it is dropped, however the read ended.
 struct Fill<'a> {
     cache: &'a RefCell<TailCache>,
     reserved: u64,
@@ -141,26 +141,35 @@ impl Relay<'_> {
             (_, 0) => Kind::Head,
             _ => Kind::Tail,
         };
-        // Tails the cache admits come from it, or fill it when this fetch is the whole tail.
-        let cacheable = kind == Kind::Tail && self.tails.borrow().admits(seg.length);
-        let mut fill: Option<Fill<'_>> = None;
-        if cacheable {
-            let cached = self.tails.borrow_mut().get(seg);
+        // A tail the cache admits comes from it; on a miss the whole tail is read into it
+        // first (one upstream request, whatever part was asked for). If that read fails,
+        // the fetch streams as it would without the cache, with its retries and resume.
+        let mut buf = buf;
+        if kind == Kind::Tail && self.tails.borrow().admits(seg.length) {
+            let mut cached = self.tails.borrow_mut().get(seg);
             self.upstream.record_cache(cached.is_some());
+            if cached.is_none() {
+                if let Some(fill) = Fill::begin(self.tails, seg.length) {
+                    let (loaded, back) = self.load(seg, kind, fill, buf, stats).await;
+                    buf = back;
+                    if let Some(bytes) = loaded {
+                        let mut tails = self.tails.borrow_mut();
+                        tails.insert(seg, bytes.clone());
+                        self.upstream.publish_cache_bytes(tails.used());
+                        cached = Some(bytes);
+                    }
+                }
+            }
             if let Some(bytes) = cached {
                 let at = |p: u64| usize::try_from(p.saturating_sub(seg.offset)).unwrap_or(0);
                 let part = bytes.get(at(f.start)..at(f.end)).unwrap_or_default();
                 return self.send_cached(part, pending, written, buf, stats).await;
-            }
-            if f.start == seg.offset && f.len() == seg.length {
-                fill = Fill::begin(self.tails, seg.length);
             }
         }
         let retries = self.upstream.retries(self.block);
         let mut attempt = 0u32;
         let mut slept = Duration::ZERO;
         let mut pos = f.start;
-        let mut buf = buf;
         'attempts: while pos < f.end {
             if attempt > 0 {
                 let pause = self.upstream.backoff(self.block, attempt - 1, slept);
@@ -192,9 +201,6 @@ impl Relay<'_> {
             };
             loop {
                 // The bytes in `buf` are good even when the read after them fails.
-                if let Some(v) = fill.as_mut() {
-                    v.bytes.extend_from_slice(&buf);
-                }
                 let (sent, back) = self.send(buf, pending, written, stats).await;
                 buf = back;
                 let Ok(n) = sent else {
@@ -213,9 +219,6 @@ impl Relay<'_> {
                 buf = back;
                 if let Err(e) = res {
                     self.upstream.record(kind, Err(&e));
-                    if let Some(v) = fill.as_mut() {
-                        v.bytes.extend_from_slice(&buf);
-                    }
                     let (sent, back) = self.send(buf, pending, written, stats).await;
                     buf = back;
                     let Ok(n) = sent else {
@@ -230,15 +233,52 @@ impl Relay<'_> {
                 }
             }
         }
-        if let Some(mut v) = fill {
-            let bytes = Bytes::from(std::mem::take(&mut v.bytes));
-            // Gives the reservation back before the cache is borrowed for the insert.
-            drop(v);
-            let mut tails = self.tails.borrow_mut();
-            tails.insert(seg, bytes);
-            self.upstream.publish_cache_bytes(tails.used());
-        }
         (Ok(End::Complete), buf)
+    }
+
+    /// Reads the whole of `seg` into `fill` with one upstream request; `None` if that fails.
+    async fn load(
+        &self,
+        seg: &Segment,
+        kind: Kind,
+        mut fill: Fill<'_>,
+        buf: Vec<u8>,
+        stats: &mut Stats,
+    ) -> (Option<Bytes>, Vec<u8>) {
+        let end = seg.offset.saturating_add(seg.length);
+        stats.upstream_requests += 1;
+        let started = Instant::now();
+        let (opened, mut buf) = self
+            .upstream
+            .open_segment(self.block, seg, seg.offset, end, buf)
+            .await;
+        let mut body = match opened {
+            Ok(b) => b,
+            Err(e) => {
+                stats.upstream_time += started.elapsed();
+                self.upstream.record(kind, Err(&e));
+                return (None, buf);
+            }
+        };
+        loop {
+            fill.bytes.extend_from_slice(&buf);
+            buf.clear();
+            if body.remaining() == 0 {
+                break;
+            }
+            let (res, back) = self.upstream.read_body(&mut body, buf).await;
+            buf = back;
+            if let Err(e) = res {
+                stats.upstream_time += started.elapsed();
+                self.upstream.record(kind, Err(&e));
+                buf.clear();
+                return (None, buf);
+            }
+        }
+        stats.upstream_time += started.elapsed();
+        self.upstream.record(kind, Ok(()));
+        self.upstream.release(body);
+        (Some(Bytes::from(std::mem::take(&mut fill.bytes))), buf)
     }
 
     /// Sends bytes of a cached segment through the relay buffer: no upstream request.

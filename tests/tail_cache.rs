@@ -8,12 +8,17 @@ mod common;
 
 use std::time::Duration;
 
+use common::relay::{Fault, Relay};
 use common::*;
 
 const HEAD_LEN: usize = 1024 * 1024 + 3;
 
 fn start(s3: &S3, extra_http: &str) -> Tailgate {
-    let conf = conf(&s3.endpoint(), SK, extra_http, "")
+    start_on(&s3.endpoint(), extra_http)
+}
+
+fn start_on(endpoint: &str, extra_http: &str) -> Tailgate {
+    let conf = conf(endpoint, SK, extra_http, "retry_backoff 20ms;")
         .replace("worker_threads 2;", "worker_threads 1;")
         .replace(
             "location /files/",
@@ -46,7 +51,11 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
         &s3,
         name,
         bytes(HEAD_LEN, 1),
-        vec![("hot", bytes(6000, 2)), ("big", bytes(300_000, 3))],
+        vec![
+            ("hot", bytes(6000, 2)),
+            ("big", bytes(300_000, 3)),
+            ("warm", bytes(9000, 6)),
+        ],
     );
     // 1 MiB budget: entries up to 256 KiB, so "big" is never cached.
     let tg = start(&s3, "tail_cache_size 1m;\n manifest_cache_ttl 1s;");
@@ -94,23 +103,29 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
     }
     assert_eq!(tail_requests(&tg), 3);
 
+    // A first request for part of a tail reads the whole tail into the cache.
+    let warm = format!("/apk/{name}/warm.apk");
+    let warm_full = pkg.full("warm");
+    let spec = format!("bytes={}-{}", HEAD_LEN + 10, HEAD_LEN + 4009);
+    let r = tg.get(&warm, &[("Range", &spec)]);
+    assert!(r.body == warm_full[HEAD_LEN + 10..HEAD_LEN + 4010]);
+    assert_eq!(tail_requests(&tg), 4);
+    assert!(tg.get(&warm, &[]).body == warm_full);
+    assert_eq!(tail_requests(&tg), 4, "the download found the tail cached");
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 15_000);
+
     // A new version of the hot tail: new object, new ETag, new manifest. Once the manifest
     // cache expires the new bytes are served, never the cached old ones.
-    let pkg2 = upload_package(
-        &s3,
-        name,
-        pkg.head,
-        vec![("hot", bytes(6000, 9)), ("big", bytes(300_000, 3))],
-    );
+    let pkg2 = upload_package(&s3, name, pkg.head, vec![("hot", bytes(6000, 9))]);
     #[allow(clippy::disallowed_methods)] // waiting out manifest_cache_ttl
     std::thread::sleep(Duration::from_millis(1300));
     let r = tg.get(&hot, &[]);
     assert!(r.body == pkg2.full("hot"), "the new tail version is served");
-    assert_eq!(tail_requests(&tg), 4);
+    assert_eq!(tail_requests(&tg), 5);
     let r = tg.get(&hot, &[]);
     assert!(r.body == pkg2.full("hot"));
-    assert_eq!(tail_requests(&tg), 4, "and then cached");
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 6000);
+    assert_eq!(tail_requests(&tg), 5, "and then cached");
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 15_000);
 }
 
 #[test]
@@ -126,4 +141,33 @@ fn off_by_default() {
     assert_eq!(tail_requests(&tg), 3);
     assert_eq!(metric(&tg, "tailgate_tail_cache_hits_total"), 0);
     assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 0);
+}
+
+#[test]
+fn a_failed_fill_falls_back_to_streaming() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "f", bytes(HEAD_LEN, 7), vec![("ch", bytes(6000, 8))]);
+    let relay = Relay::start(s3.addr);
+    let tg = start_on(&relay.endpoint(), "tail_cache_size 1m;");
+    let full = pkg.full("ch");
+    // The read that would fill the cache is reset part-way: the download still completes,
+    // its tail streamed (and resumed) as without the cache.
+    relay.add_rule("/f/tails/ch", Fault::ResetAfter(1000), 1);
+    let r = tg.get("/apk/f/ch.apk", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body == full, "body differs ({} bytes)", r.body.len());
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 0);
+    // The next download fills the cache; the one after needs no tail request.
+    assert!(tg.get("/apk/f/ch.apk", &[]).body == full);
+    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 6000);
+    let tails = |relay: &Relay| {
+        relay
+            .requests()
+            .iter()
+            .filter(|r| r.2.contains("/f/tails/ch"))
+            .count()
+    };
+    let before = tails(&relay);
+    assert!(tg.get("/apk/f/ch.apk", &[]).body == full);
+    assert_eq!(tails(&relay), before);
 }
