@@ -70,19 +70,37 @@ fn the_origin_story_through_a_resetting_gateway() {
     //    once more inside the tail. The pause is long: while tailgate does not read, the
     //    kernel still trickles its receive window open (collapsing queued buffers) for
     //    several seconds, and every trickle restarts the gateway's send_timeout; only once
-    //    the window is really shut do the gateway's 2 s run out.
-    let pause = Duration::from_secs(12);
-    let r = slow(vec![(8 * MIB, pause)]).get(tg.addr, "/apk/story/small/ch.apk", HEAD + 40_000);
+    //    the window is really shut do the gateway's 2 s run out. So each first pause lasts
+    //    until the gateway has logged a timed-out send (at most 40 s).
+    let pause = Duration::from_secs(3);
+    let timeouts = || gw.error_log().matches("timed out").count();
+    let before = timeouts();
+    let cut = move || timeouts() > before;
+    let r = slow(vec![(8 * MIB, pause)]).get_until(
+        tg.addr,
+        "/apk/story/small/ch.apk",
+        HEAD + 40_000,
+        &cut,
+        Duration::from_secs(40),
+    );
     assert!(
         !r.cut_short && r.body == small.full("ch"),
         "small-tail body differs ({} bytes)",
         r.body.len()
     );
+    let before = timeouts();
+    let cut = move || timeouts() > before;
     let r = slow(vec![
         (8 * MIB, pause),
         (HEAD + 512 * 1024, Duration::from_secs(4)),
     ])
-    .get(tg.addr, "/apk/story/large/ch.apk", HEAD + 1536 * 1024);
+    .get_until(
+        tg.addr,
+        "/apk/story/large/ch.apk",
+        HEAD + 1536 * 1024,
+        &cut,
+        Duration::from_secs(40),
+    );
     assert!(
         !r.cut_short && r.body == large.full("ch"),
         "large-tail body differs ({} bytes)",

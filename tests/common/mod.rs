@@ -545,6 +545,21 @@ pub struct SlowResult {
 
 impl SlowClient {
     pub fn get(&self, addr: SocketAddr, path: &str, expect: usize) -> SlowResult {
+        self.get_until(addr, path, expect, &|| true, Duration::ZERO)
+    }
+
+    /// As [`get`](Self::get), but each pause, once its duration is over, goes on until
+    /// `done()` or for at most `extra` more: a pause meant to outlast a peer's timeout
+    /// waits for the evidence that it fired instead of guessing how long the kernel
+    /// keeps the window trickling open.
+    pub fn get_until(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        expect: usize,
+        done: &dyn Fn() -> bool,
+        extra: Duration,
+    ) -> SlowResult {
         use socket2::{Domain, Socket, Type};
         let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(self.rcvbuf).unwrap();
@@ -579,6 +594,10 @@ impl SlowClient {
             {
                 if let Some((_, d)) = pauses.next_if(|(at, _)| body >= *at) {
                     std::thread::sleep(*d);
+                    let deadline = Instant::now() + extra;
+                    while !done() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
                 std::thread::sleep(self.per_read);
             }
