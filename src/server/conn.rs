@@ -97,7 +97,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
                 log::info!("client {peer}: {e:?}");
                 w.stats.requests.fetch_add(1, Ordering::Relaxed);
                 gauge.set(ConnState::Writing);
-                let reply = send_error(&stream, &Failure::Parse(e), false, 1, true).await;
+                let reply = Box::pin(send_error(&stream, &Failure::Parse(e), false, 1, true)).await;
                 finish(&w, peer, &request::first_line(&buf), None, &reply, started);
                 break;
             }
@@ -108,8 +108,14 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
         let draining = w.shared.draining.load(Ordering::Acquire);
         let keep_alive = head.keep_alive && served < http.keepalive_requests && !draining;
         if head.body != Body::None {
-            let (res, back) =
-                discard_body(&stream, buf, head.body, http.client_header_timeout).await;
+            // Boxed like the response below: rare, and kept out of the idle task's size.
+            let (res, back) = Box::pin(discard_body(
+                &stream,
+                buf,
+                head.body,
+                http.client_header_timeout,
+            ))
+            .await;
             buf = back;
             match res {
                 Ok(()) => {}
@@ -118,8 +124,14 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
                     log::info!("client {peer}: request body: {e:?}");
                     gauge.set(ConnState::Writing);
                     let is_head = head.method == Method::Head;
-                    let reply =
-                        send_error(&stream, &Failure::Body(e), is_head, head.minor, true).await;
+                    let reply = Box::pin(send_error(
+                        &stream,
+                        &Failure::Body(e),
+                        is_head,
+                        head.minor,
+                        true,
+                    ))
+                    .await;
                     finish(&w, peer, &head.request_line, Some(&head), &reply, started);
                     break;
                 }
