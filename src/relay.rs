@@ -3,7 +3,9 @@
 //! no upstream connection is ever held without being read. Reads and writes alternate over
 //! one owned buffer moved between io_uring operations. A fetch that fails is resumed from
 //! the first byte the client has not been sent; when that is impossible, the caller closes
-//! the client connection so the short body shows as short.
+//! the client connection so the short body shows as short. With `tail_cache_size`, a tail
+//! the cache admits is sent from memory, and on a miss first read whole into it (the same
+//! rule: only once everything before it was written).
 
 use std::cell::RefCell;
 use std::net::Shutdown;

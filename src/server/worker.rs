@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::conf::Config;
+use crate::conf::{Config, Http};
 use crate::log::{self, AccessLog};
 use crate::metrics::{Registry, Stats};
 use crate::object::composite::Composite;
@@ -59,32 +59,27 @@ impl State {
         Ok(State {
             generation,
             upstream: Upstream::new(&http.s3, Arc::clone(stats))?,
-            manifests: http
-                .s3
-                .iter()
-                .map(|_| {
-                    RefCell::new(Cache::new(
-                        http.manifest_cache_ttl,
-                        http.manifest_cache_size,
-                    ))
-                })
-                .collect(),
-            objects: http
-                .s3
-                .iter()
-                .map(|_| {
-                    RefCell::new(Cache::new(
-                        http.manifest_cache_ttl,
-                        http.manifest_cache_size,
-                    ))
-                })
-                .collect(),
+            manifests: caches(http),
+            objects: caches(http),
             tails: RefCell::new(TailCache::new(
                 http.tail_cache_size / conf.worker_threads.max(1) as u64,
             )),
             conf,
         })
     }
+}
+
+/// One metadata cache per `s3` block.
+fn caches<T: Clone>(http: &Http) -> Vec<RefCell<Cache<T>>> {
+    http.s3
+        .iter()
+        .map(|_| {
+            RefCell::new(Cache::new(
+                http.manifest_cache_ttl,
+                http.manifest_cache_size,
+            ))
+        })
+        .collect()
 }
 
 pub(super) struct Worker {

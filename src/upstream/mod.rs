@@ -88,7 +88,7 @@ impl fmt::Display for UpstreamError {
 
 /// One `s3` block with what is derived from it once per generation.
 struct Block {
-    conf: S3,
+    /// Signs requests; holds the block's conf.
     signer: s3::Signer,
     tls: Option<Arc<ClientConfig>>,
     /// TLS server name: the endpoint host, or `bucket.host` for virtual addressing.
@@ -143,6 +143,12 @@ impl UpstreamError {
     }
 }
 
+impl Block {
+    fn conf(&self) -> &S3 {
+        self.signer.conf()
+    }
+}
+
 impl SegmentBody {
     pub fn remaining(&self) -> u64 {
         self.remaining
@@ -173,7 +179,6 @@ impl Upstream {
                     Addressing::Virtual => format!("{}.{}", b.bucket, b.endpoint.host),
                 };
                 Ok(Block {
-                    conf: b.clone(),
                     signer: s3::Signer::new(b),
                     tls,
                     server_name,
@@ -193,7 +198,7 @@ impl Upstream {
         self.pool.borrow_mut().sweep(now, |k| {
             self.blocks
                 .get(k)
-                .map_or(Duration::ZERO, |b| b.conf.keepalive_timeout)
+                .map_or(Duration::ZERO, |b| b.conf().keepalive_timeout)
         });
         self.publish_idle();
     }
@@ -309,7 +314,7 @@ impl Upstream {
         let timeout = self
             .blocks
             .get(body.block)
-            .map_or(Duration::from_secs(30), |b| b.conf.read_timeout);
+            .map_or(Duration::from_secs(30), |b| b.conf().read_timeout);
         let cap = buf.capacity();
         // Never read past the body: the next response on this connection is not ours yet.
         let max = usize::try_from(body.remaining).unwrap_or(usize::MAX);
@@ -349,7 +354,7 @@ impl Upstream {
                 self.pool.borrow_mut().checkin(
                     body.block,
                     body.transport,
-                    b.conf.keepalive,
+                    b.conf().keepalive,
                     Instant::now(),
                 );
                 self.publish_idle();
@@ -397,13 +402,13 @@ impl Upstream {
         let base = self
             .blocks
             .get(block)
-            .map_or(Duration::from_millis(50), |b| b.conf.retry_backoff);
+            .map_or(Duration::from_millis(50), |b| b.conf().retry_backoff);
         let pause = base.saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX));
         pause.min(MAX_BACKOFF_TOTAL.saturating_sub(slept))
     }
 
     pub fn retries(&self, block: usize) -> u32 {
-        self.blocks.get(block).map_or(0, |b| b.conf.retries)
+        self.blocks.get(block).map_or(0, |b| b.conf().retries)
     }
 
     async fn fetch_whole_once(
@@ -502,7 +507,7 @@ impl Upstream {
         let pooled =
             self.pool
                 .borrow_mut()
-                .checkout(block, Instant::now(), b.conf.keepalive_timeout);
+                .checkout(block, Instant::now(), b.conf().keepalive_timeout);
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
@@ -519,10 +524,10 @@ impl Upstream {
             }
         }
         let connect = Transport::connect_any(
-            &b.conf.endpoint.addrs,
+            &b.conf().endpoint.addrs,
             b.tls.as_ref().map(|c| (c, b.server_name.as_str())),
         );
-        let t = match tokio::time::timeout(b.conf.connect_timeout, connect).await {
+        let t = match tokio::time::timeout(b.conf().connect_timeout, connect).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
             Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
@@ -545,7 +550,7 @@ impl Upstream {
         let timeout = self
             .blocks
             .get(block)
-            .map_or(Duration::from_secs(30), |b| b.conf.read_timeout);
+            .map_or(Duration::from_secs(30), |b| b.conf().read_timeout);
         let cap = buf.capacity();
         let write = tokio::time::timeout(timeout, t.write_all(head)).await;
         match write {
