@@ -43,6 +43,8 @@ pub enum End {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     pub body_bytes: u64,
+    /// Body bytes read from upstream (a tail read whole for the cache counts whole).
+    pub upstream_bytes: u64,
     pub upstream_requests: u32,
     pub resumes: u32,
     /// Time spent waiting on upstream requests and reads.
@@ -210,6 +212,7 @@ impl Relay<'_> {
                     return (Ok(End::ClientGone), buf);
                 };
                 pos = pos.saturating_add(n);
+                stats.upstream_bytes = stats.upstream_bytes.saturating_add(n);
                 if body.remaining() == 0 {
                     self.upstream.record(kind, Ok(()));
                     self.upstream.release(body);
@@ -227,6 +230,7 @@ impl Relay<'_> {
                         return (Ok(End::ClientGone), buf);
                     };
                     pos = pos.saturating_add(n);
+                    stats.upstream_bytes = stats.upstream_bytes.saturating_add(n);
                     if e.retryable && attempt < retries {
                         attempt += 1;
                         continue 'attempts;
@@ -264,6 +268,7 @@ impl Relay<'_> {
         };
         loop {
             fill.bytes.extend_from_slice(&buf);
+            stats.upstream_bytes = stats.upstream_bytes.saturating_add(buf.len() as u64);
             buf.clear();
             if body.remaining() == 0 {
                 break;

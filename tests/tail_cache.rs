@@ -58,7 +58,15 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
         ],
     );
     // 1 MiB budget: entries up to 256 KiB, so "big" is never cached.
-    let tg = start(&s3, "tail_cache_size 1m;\n manifest_cache_ttl 1s;");
+    let logs = TempDir::new("tail-cache");
+    let access = logs.path().join("access.log");
+    let tg = start(
+        &s3,
+        &format!(
+            "tail_cache_size 1m;\n manifest_cache_ttl 1s;\n access_log {};",
+            access.display()
+        ),
+    );
     let hot = format!("/apk/{name}/hot.apk");
     let full = pkg.full("hot");
 
@@ -113,6 +121,25 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
     assert!(tg.get(&warm, &[]).body == warm_full);
     assert_eq!(tail_requests(&tg), 4, "the download found the tail cached");
     assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 15_000);
+    // The access log's upstream bytes: the whole tail read for the 4,000-byte range, and
+    // only the head for the download whose tail came from memory.
+    let upstream_bytes = |n: usize| -> Vec<u64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let text = std::fs::read_to_string(&access).unwrap_or_default();
+            let warm: Vec<u64> = text
+                .lines()
+                .filter(|l| l.contains("/warm.apk"))
+                .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
+                .collect();
+            if warm.len() >= n || std::time::Instant::now() > deadline {
+                return warm;
+            }
+            #[allow(clippy::disallowed_methods)] // the access log is flushed within ~0.5 s
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(upstream_bytes(2), vec![9000, HEAD_LEN as u64]);
 
     // A new version of the hot tail: new object, new ETag, new manifest. Once the manifest
     // cache expires the new bytes are served, never the cached old ones.

@@ -204,11 +204,7 @@ fn finish(
             user_agent: head.and_then(|h| h.user_agent.as_deref()),
             upstream_time: (r.relay.upstream_requests > 0)
                 .then_some(r.relay.upstream_time.as_secs_f64()),
-            upstream_bytes: if r.relay.upstream_requests > 0 {
-                r.relay.body_bytes
-            } else {
-                0
-            },
+            upstream_bytes: r.relay.upstream_bytes,
             resumes: r.relay.resumes,
         };
         w.shared.access.write(entry.format());
