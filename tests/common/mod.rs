@@ -41,11 +41,23 @@ impl Drop for TempDir {
     }
 }
 
-/// A child process killed on drop.
+/// A child process stopped on drop: SIGTERM first, so that an nginx master stops its
+/// workers instead of leaving them orphaned, then SIGKILL if it is still there after 3 s.
 pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            #[allow(clippy::disallowed_methods)] // waiting for a child to exit
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
