@@ -406,3 +406,44 @@ fn the_openresty_front_config_in_front_of_tailgate() {
         "{conns} connections from nginx to tailgate"
     );
 }
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_rotation() {
+    let s3 = S3::start();
+    let dir = TempDir::new("rotate");
+    let access = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let tg = Tailgate::start(&conf(
+        &s3.endpoint(),
+        SK,
+        &format!("access_log {};", access.display()),
+        "",
+    ));
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(tg.get("/apk/none/a.apk", &[]).status, 404);
+    wait_for("the first line", Duration::from_secs(3), || {
+        lines(&access) == 1
+    });
+    // logrotate renames the file; until told, tailgate keeps writing to the renamed one.
+    std::fs::rename(&access, &rotated).unwrap();
+    assert_eq!(tg.get("/apk/none/b.apk", &[]).status, 404);
+    wait_for("a line in the renamed file", Duration::from_secs(3), || {
+        lines(&rotated) == 2
+    });
+    signal(&tg, "-USR1");
+    wait_for("the reopen", Duration::from_secs(3), || {
+        tg.log().contains("log files reopened")
+    });
+    assert_eq!(tg.get("/apk/none/c.apk", &[]).status, 404);
+    wait_for("a line in the new file", Duration::from_secs(3), || {
+        lines(&access) == 1
+    });
+    assert!(std::fs::read_to_string(&access)
+        .unwrap()
+        .contains("/apk/none/c.apk"));
+    assert_eq!(lines(&rotated), 2, "the rotated file is left alone");
+}

@@ -1,6 +1,7 @@
 //! Process level: load the conf, bind, run one OS thread per worker (each with its own
 //! tokio-uring runtime and SO_REUSEPORT listener), and handle signals as nginx does:
-//! `SIGHUP` reloads the conf, `SIGQUIT` drains and exits, `SIGTERM`/`SIGINT` exit at once.
+//! `SIGHUP` reloads the conf, `SIGUSR1` reopens the log files, `SIGQUIT` drains and exits,
+//! `SIGTERM`/`SIGINT` exit at once.
 
 mod conn;
 mod worker;
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -41,7 +42,7 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
     log::init(&conf.error_log.0, conf.error_log.1)
         .map_err(|e| ServeError::Io(format!("error_log: {e}")))?;
     // Handlers first: a signal during start-up must not take the default action.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1])
         .map_err(|e| ServeError::Io(format!("signals: {e}")))?;
     // Resolve port 0 once, so that every worker's listener shares the same port.
     let mut addrs = Vec::with_capacity(conf.http.listen.len());
@@ -100,6 +101,7 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
         for sig in signals.forever() {
             match sig {
                 SIGHUP => reload(&watcher, &conf_path),
+                SIGUSR1 => reopen_logs(&watcher),
                 SIGQUIT => {
                     let _ = done_tx.send(drain(&watcher, &all_listeners));
                     return;
@@ -147,6 +149,17 @@ fn reload(shared: &Shared, path: &Path) {
     }
     let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
     log::info!("reload: configuration generation {generation} in use for new requests");
+}
+
+/// SIGUSR1: reopen the error and access logs by path, as nginx does after logrotate has
+/// renamed them; the lines of requests in flight go to the new files.
+fn reopen_logs(shared: &Shared) {
+    let (_, conf) = shared.current();
+    if let Err(e) = log::init(&conf.error_log.0, conf.error_log.1) {
+        log::error!("signal SIGUSR1: error_log: {e}");
+    }
+    shared.access.reopen(conf.http.access_log.as_deref());
+    log::info!("signal SIGUSR1: log files reopened");
 }
 
 /// SIGQUIT: stop accepting, let the responses in flight finish within shutdown_timeout.
