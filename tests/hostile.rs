@@ -228,8 +228,9 @@ fn worker_connections_and_the_fd_limit_refuse_cleanly() {
     c.send(OK.as_bytes());
     let r = c.response(false).unwrap();
     assert_eq!(r.status, 206);
-    assert!(
-        std::fs::read_to_string(&log).unwrap().contains("accept"),
-        "the fd limit is logged"
-    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let accept_lines = text.lines().filter(|l| l.contains("accept:")).count();
+    assert!(accept_lines >= 1, "the fd limit is logged");
+    // Retried every 50 ms for about a second, but logged at most once a second.
+    assert!(accept_lines <= 2, "{accept_lines} accept lines:\n{text}");
 }

@@ -8,7 +8,7 @@ use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::conf::{Config, Http};
 use crate::log::{self, AccessLog};
@@ -175,6 +175,10 @@ fn runtime() -> tokio_uring::Builder {
 }
 
 async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>) {
+    // At the fd limit every accept fails: log the first failure, then at most one summary
+    // line a second, so a sustained EMFILE does not flood the error log.
+    let mut failures: u64 = 0;
+    let mut last_logged: Option<Instant> = None;
     loop {
         let accepted = listener.accept().await;
         if worker.shared.draining.load(Ordering::Acquire) {
@@ -186,8 +190,15 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
         let (stream, peer) = match accepted {
             Ok(v) => v,
             Err(e) => {
+                failures += 1;
+                if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    log::error!(
+                        "worker {}: accept: {e} ({failures} failed accepts so far)",
+                        worker.id
+                    );
+                    last_logged = Some(Instant::now());
+                }
                 // EMFILE and friends: back off briefly rather than spin.
-                log::error!("worker {}: accept: {e}", worker.id);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
