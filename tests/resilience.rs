@@ -376,3 +376,37 @@ fn a_client_slower_than_send_timeout_is_cut() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_pooled_connection_closed_just_after_its_response_is_replaced() {
+    // The gateway closes idle connections 200 ms after a response: well inside the second
+    // in which tailgate reuses a returned connection without checking it first.
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "fresh", bytes(MIB, 41), vec![("a", bytes(1000, 42))]);
+    let gw = Nginx::start(
+        &format!("upstream s3 {{ server {}; keepalive 16; }}", s3.addr),
+        "  listen {listen};\n  keepalive_timeout 200ms;\n  location / {\n   proxy_pass http://s3;\n   \
+         proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n   proxy_set_header Host $http_host;\n  }",
+    );
+    let tg = Tailgate::start(
+        &conf(
+            &format!("http://{}", gw.addr),
+            SK,
+            "",
+            "keepalive_timeout 60s; retries 0;",
+        )
+        .replace("worker_threads 2;", "worker_threads 1;"),
+    );
+    for _ in 0..3 {
+        assert!(tg.get("/apk/fresh/a.apk", &[("Range", "bytes=0-9")]).body == pkg.full("a")[..10]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = tg.get("/apk/fresh/a.apk", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body == pkg.full("a"));
+    assert!(
+        !tg.log().contains("upstream:"),
+        "no upstream error: {}",
+        tg.log()
+    );
+}

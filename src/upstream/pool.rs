@@ -1,7 +1,8 @@
 //! Per-worker bounded keep-alive pool of upstream connections (slab-backed). An idle
 //! connection is never left with a read pending (under io_uring a parked read would swallow
 //! the next response); instead its liveness is checked with a non-blocking
-//! `recv(MSG_PEEK)` at checkout and by a periodic sweep, so a peer's FIN is noticed and the
+//! `recv(MSG_PEEK)` at checkout (unless it was returned within the last second) and by a
+//! periodic sweep, so a peer's FIN is noticed and the
 //! socket closed (no CLOSE-WAIT) even when nobody asks for it.
 
 use std::time::{Duration, Instant};
@@ -9,6 +10,12 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::transport::Transport;
+
+/// A connection returned less than this long ago is reused without the `MSG_PEEK` check
+/// (one syscall per request saved). Should its peer have closed it in that moment, the
+/// request fails before any byte arrives and is retried at once on a new connection, as
+/// for any stale pooled connection; the sweep still closes it within a second either way.
+const FRESH: Duration = Duration::from_secs(1);
 
 struct Idle {
     /// Which `s3` block (and conf generation) the connection belongs to.
@@ -39,7 +46,8 @@ impl Pool {
                 .max_by_key(|(_, c)| c.since)
                 .map(|(i, _)| i)?;
             let c = self.idle.remove(newest);
-            if now.saturating_duration_since(c.since) < timeout && alive(&c.transport) {
+            let idle = now.saturating_duration_since(c.since);
+            if idle < timeout && (idle < FRESH || alive(&c.transport)) {
                 return Some(c.transport);
             }
             c.transport.shutdown();
