@@ -370,7 +370,12 @@ fn a_wrong_secret_is_refused_by_s3_and_answered_502() {
 
 #[test]
 fn s3_down_before_the_head_is_a_502() {
-    let port = free_port();
+    // A port that is bound but not listening: connections are refused, and no server a
+    // parallel test starts can take it (a port merely found free could be).
+    let holder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    holder.bind(&any.into()).unwrap();
+    let port = holder.local_addr().unwrap().as_socket().unwrap().port();
     let tg = Tailgate::start(&conf(
         &format!("http://127.0.0.1:{port}"),
         SK,
