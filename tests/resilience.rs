@@ -17,11 +17,22 @@ const HEAD: usize = 64 * MIB;
 /// nginx in front of s3s-fs as the origin story's gateway: a tiny send buffer, 2 s send and
 /// keep-alive timeouts, and a reset for timed-out connections.
 fn gateway(s3: &S3) -> Nginx {
+    gateway_with(
+        s3,
+        "listen {listen} sndbuf=16k;\n  send_timeout 2s;\n  keepalive_timeout 2s;\n  reset_timedout_connection on;",
+    )
+}
+
+/// nginx proxying to s3s-fs over a keep-alive pool; `server` holds the `listen` line and
+/// the timeouts.
+fn gateway_with(s3: &S3, server: &str) -> Nginx {
     Nginx::start(
         &format!("upstream s3 {{ server {}; keepalive 16; }}", s3.addr),
-        "  listen {listen} sndbuf=16k;\n  send_timeout 2s;\n  keepalive_timeout 2s;\n  reset_timedout_connection on;\n  \
-         location / {\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n   \
-         proxy_set_header Host $http_host;\n   proxy_max_temp_file_size 0;\n  }",
+        &format!(
+            "  {server}\n  location / {{\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   \
+             proxy_set_header Connection \"\";\n   proxy_set_header Host $http_host;\n   \
+             proxy_max_temp_file_size 0;\n  }}"
+        ),
     )
 }
 
@@ -383,11 +394,7 @@ fn a_pooled_connection_closed_just_after_its_response_is_replaced() {
     // in which tailgate reuses a returned connection without checking it first.
     let s3 = S3::start();
     let pkg = upload_package(&s3, "fresh", bytes(MIB, 41), vec![("a", bytes(1000, 42))]);
-    let gw = Nginx::start(
-        &format!("upstream s3 {{ server {}; keepalive 16; }}", s3.addr),
-        "  listen {listen};\n  keepalive_timeout 200ms;\n  location / {\n   proxy_pass http://s3;\n   \
-         proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n   proxy_set_header Host $http_host;\n  }",
-    );
+    let gw = gateway_with(&s3, "listen {listen};\n  keepalive_timeout 200ms;");
     let tg = Tailgate::start(
         &conf(
             &format!("http://{}", gw.addr),
