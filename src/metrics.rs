@@ -76,6 +76,7 @@ pub struct Stats {
     pub tail_cache_hits: AtomicU64,
     pub tail_cache_misses: AtomicU64,
     pub tail_cache_bytes: AtomicI64,
+    pub spliced_bytes: AtomicU64,
     /// Microseconds.
     durations: Mutex<Histogram<u64>>,
     first_byte: Mutex<Histogram<u64>>,
@@ -108,6 +109,7 @@ impl Default for Stats {
             tail_cache_hits: AtomicU64::new(0),
             tail_cache_misses: AtomicU64::new(0),
             tail_cache_bytes: AtomicI64::new(0),
+            spliced_bytes: AtomicU64::new(0),
             durations: Mutex::new(histogram()),
             first_byte: Mutex::new(histogram()),
         }
@@ -291,6 +293,12 @@ impl Registry {
             "tailgate_tail_cache_misses_total",
             "Tail fetches the tail cache admits but did not hold.",
             self.sum(|s| l(&s.tail_cache_misses)),
+        );
+        counter(
+            &mut out,
+            "tailgate_spliced_bytes_total",
+            "Body bytes moved from upstream to client socket by splice (relay_splice).",
+            self.sum(|s| l(&s.spliced_bytes)),
         );
         let _ = writeln!(
             out,

@@ -52,8 +52,16 @@ fn access_log_stub_status_and_metrics() {
     let dir = TempDir::new("ops");
     let access = dir.path().join("access.log");
     let tg = Tailgate::start(
-        &conf(&s3.endpoint(), SK, &format!("access_log {};", access.display()), "")
-            .replace("location /files/", "location = /status { stub_status; }\n location = /metrics { metrics; }\n location /files/"),
+        &conf(
+            &s3.endpoint(),
+            SK,
+            &format!("access_log {};", access.display()),
+            "",
+        )
+        .replace(
+            "location /files/",
+            "location = /status { stub_status; }\n location /files/",
+        ),
     );
     let full = pkg.full("a");
     assert!(

@@ -6,8 +6,6 @@ mod common;
 
 use common::*;
 
-const H: u64 = 100_000;
-const L: u64 = 105_000;
 const LM: &str = "Wed, 25 Nov 2026 10:00:00 GMT";
 
 #[derive(Debug, Clone)]
@@ -23,7 +21,7 @@ enum Want {
 /// (name, request headers, expected outcome)
 type Case = (String, Vec<(String, String)>, Want);
 
-fn cases(etag: &str) -> Vec<Case> {
+fn cases(etag: &str, h: u64, l: u64) -> Vec<Case> {
     use Want::*;
     let r = |spec: &str| vec![("Range".to_string(), spec.to_string())];
     let rh = |spec: &str, name: &str, value: &str| {
@@ -43,16 +41,16 @@ fn cases(etag: &str) -> Vec<Case> {
         ("first byte".into(), r("bytes=0-0"), p(&[(0, 0)])),
         ("first 500".into(), r("bytes=0-499"), p(&[(0, 499)])),
         ("second 500".into(), r("bytes=500-999"), p(&[(500, 999)])),
-        ("suffix 500".into(), r("bytes=-500"), p(&[(L - 500, L - 1)])),
+        ("suffix 500".into(), r("bytes=-500"), p(&[(l - 500, l - 1)])),
         (
             "open-ended".into(),
-            r(&format!("bytes={}-", L - 500)),
-            p(&[(L - 500, L - 1)]),
+            r(&format!("bytes={}-", l - 500)),
+            p(&[(l - 500, l - 1)]),
         ),
         (
             "first and last".into(),
             r("bytes=0-0,-1"),
-            p(&[(0, 0), (L - 1, L - 1)]),
+            p(&[(0, 0), (l - 1, l - 1)]),
         ),
         (
             "adjacent coalesce".into(),
@@ -62,35 +60,39 @@ fn cases(etag: &str) -> Vec<Case> {
         ("overlap ignored".into(), r("bytes=500-700,601-999"), Full),
         (
             "the seam".into(),
-            r(&format!("bytes={}-{}", H - 1, H)),
-            p(&[(H - 1, H)]),
+            r(&format!("bytes={}-{}", h - 1, h)),
+            p(&[(h - 1, h)]),
         ),
         (
             "exactly the tail".into(),
-            r(&format!("bytes={H}-")),
-            p(&[(H, L - 1)]),
+            r(&format!("bytes={h}-")),
+            p(&[(h, l - 1)]),
         ),
-        ("suffix = tail".into(), r("bytes=-5000"), p(&[(H, L - 1)])),
+        (
+            "suffix = tail".into(),
+            r(&format!("bytes=-{}", l - h)),
+            p(&[(h, l - 1)]),
+        ),
         (
             "suffix one into head".into(),
-            r("bytes=-5001"),
-            p(&[(H - 1, L - 1)]),
+            r(&format!("bytes=-{}", l - h + 1)),
+            p(&[(h - 1, l - 1)]),
         ),
-        ("zero-open is 206".into(), r("bytes=0-"), p(&[(0, L - 1)])),
+        ("zero-open is 206".into(), r("bytes=0-"), p(&[(0, l - 1)])),
         (
             "end clamped".into(),
             r("bytes=0-99999999"),
-            p(&[(0, L - 1)]),
+            p(&[(0, l - 1)]),
         ),
         (
             "start at length".into(),
-            r(&format!("bytes={L}-")),
+            r(&format!("bytes={l}-")),
             Unsatisfiable,
         ),
         ("suffix zero".into(), r("bytes=-0"), Unsatisfiable),
         (
             "past the end".into(),
-            r(&format!("bytes={L}-{}", L + 5)),
+            r(&format!("bytes={l}-{}", l + 5)),
             Unsatisfiable,
         ),
         ("reversed".into(), r("bytes=5-4"), Full),
@@ -113,23 +115,23 @@ fn cases(etag: &str) -> Vec<Case> {
         ),
         (
             "three with the seam".into(),
-            r(&format!("bytes=0-1,{}-{},{}-", H - 1, H, L - 2)),
-            p(&[(0, 1), (H - 1, H), (L - 2, L - 1)]),
+            r(&format!("bytes=0-1,{}-{},{}-", h - 1, h, l - 2)),
+            p(&[(0, 1), (h - 1, h), (l - 2, l - 1)]),
         ),
         (
             "tail part then head part".into(),
             r("bytes=20000-,0-9"),
-            p(&[(0, 9), (20000, L - 1)]),
+            p(&[(0, 9), (20000, l - 1)]),
         ),
         (
             "unsatisfiable part dropped".into(),
-            r(&format!("bytes={L}-,0-9")),
+            r(&format!("bytes={l}-,0-9")),
             p(&[(0, 9)]),
         ),
         (
             "huge end".into(),
             r("bytes=0-999999999999999999999999"),
-            p(&[(0, L - 1)]),
+            p(&[(0, l - 1)]),
         ),
         (
             "huge start".into(),
@@ -215,25 +217,43 @@ fn cases(etag: &str) -> Vec<Case> {
 #[test]
 fn range_and_conditional_matrix() {
     let s3 = S3::start();
+    matrix(&s3, "small", (100_000, 105_000), "");
+}
+
+/// The matrix again on a package whose segments are large enough to be spliced, and with
+/// splicing off, so both relay paths answer every case.
+#[test]
+fn range_and_conditional_matrix_of_large_segments() {
+    let s3 = S3::start();
+    let sizes = (2_000_000, 2_400_000);
+    let spliced = matrix(&s3, "large", sizes, "relay_splice on;");
+    assert!(spliced > 10_000_000, "{spliced} bytes spliced");
+    assert_eq!(matrix(&s3, "buffered", sizes, "relay_splice off;"), 0);
+}
+
+/// Runs every case against a package of `h` head and `l - h` tail bytes; returns the
+/// body bytes tailgate spliced.
+fn matrix(s3: &S3, name: &str, (h, l): (u64, u64), extra_http: &str) -> u64 {
     let pkg = upload_package(
-        &s3,
-        "m",
-        bytes(H as usize, 81),
-        vec![("v", bytes((L - H) as usize, 82))],
+        s3,
+        name,
+        bytes(h as usize, 81),
+        vec![("v", bytes((l - h) as usize, 82))],
     );
     let full = pkg.full("v");
-    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
-    let path = "/apk/m/v.apk";
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, extra_http, ""));
+    let path = format!("/apk/{name}/v.apk");
+    let path = path.as_str();
     let etag = tg.get(path, &[]).header("etag").unwrap().to_string();
-    let table = cases(&etag);
+    let table = cases(&etag, h, l);
     assert!(table.len() >= 40);
     let mut c = tg.client();
     for (name, headers, want) in table {
-        let h: Vec<(&str, &str)> = headers
+        let hdrs: Vec<(&str, &str)> = headers
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
-        c.send(&request("GET", path, &h));
+        c.send(&request("GET", path, &hdrs));
         let r = c
             .response(false)
             .unwrap_or_else(|| panic!("{name}: no response"));
@@ -247,7 +267,7 @@ fn range_and_conditional_matrix() {
                 assert_eq!(r.status, 206, "{name}");
                 assert_eq!(
                     r.header("content-range").unwrap(),
-                    format!("bytes {a}-{b}/{L}"),
+                    format!("bytes {a}-{b}/{l}"),
                     "{name}"
                 );
                 assert!(r.body == full[a as usize..=b as usize], "{name}: body");
@@ -262,7 +282,7 @@ fn range_and_conditional_matrix() {
                     .to_string();
                 let mut expect = Vec::new();
                 for &(a, b) in p {
-                    expect.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: application/vnd.android.package-archive\r\nContent-Range: bytes {a}-{b}/{L}\r\n\r\n").as_bytes());
+                    expect.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: application/vnd.android.package-archive\r\nContent-Range: bytes {a}-{b}/{l}\r\n\r\n").as_bytes());
                     expect.extend_from_slice(&full[a as usize..=b as usize]);
                 }
                 expect.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -272,7 +292,7 @@ fn range_and_conditional_matrix() {
                 assert_eq!(r.status, 416, "{name}");
                 assert_eq!(
                     r.header("content-range").unwrap(),
-                    format!("bytes */{L}"),
+                    format!("bytes */{l}"),
                     "{name}"
                 );
             }
@@ -288,4 +308,5 @@ fn range_and_conditional_matrix() {
             assert_eq!(r.header("last-modified"), Some(LM), "{name}");
         }
     }
+    tg.metric("tailgate_spliced_bytes_total")
 }

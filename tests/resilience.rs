@@ -151,6 +151,19 @@ fn idle_pooled_connections_closed_by_the_gateway_do_not_linger() {
 }
 
 fn relay_setup(extra_s3: &str) -> (S3, Relay, Tailgate, Package) {
+    relay_setup_with("", extra_s3)
+}
+
+/// The relay modes a body can take: socket to socket (`splice`, the default) and through
+/// the relay buffer.
+const MODES: [&str; 2] = ["relay_splice on;", "relay_splice off;"];
+
+/// Spliced body bytes, to show which mode a test ran in.
+fn spliced(tg: &Tailgate) -> u64 {
+    tg.metric("tailgate_spliced_bytes_total")
+}
+
+fn relay_setup_with(extra_http: &str, extra_s3: &str) -> (S3, Relay, Tailgate, Package) {
     let s3 = S3::start();
     let pkg = upload_package(
         &s3,
@@ -163,7 +176,7 @@ fn relay_setup(extra_s3: &str) -> (S3, Relay, Tailgate, Package) {
         &conf(
             &relay.endpoint(),
             SK,
-            "",
+            extra_http,
             &format!(
                 "read_timeout 1s; {} {extra_s3}",
                 if extra_s3.contains("retry_backoff") {
@@ -189,7 +202,13 @@ fn head_ranges(relay: &Relay, what: &str) -> Vec<String> {
 
 #[test]
 fn resets_closes_and_stalls_are_resumed_at_the_exact_offset() {
-    let (_s3, relay, tg, pkg) = relay_setup("retries 3;");
+    for mode in MODES {
+        resumed_at_the_exact_offset(mode);
+    }
+}
+
+fn resumed_at_the_exact_offset(mode: &str) {
+    let (_s3, relay, tg, pkg) = relay_setup_with(mode, "retries 3;");
     let full = pkg.full("ch");
     let cases = [
         ("/f/base.apk", Fault::ResetAfter(MIB as u64)),
@@ -205,16 +224,16 @@ fn resets_closes_and_stalls_are_resumed_at_the_exact_offset() {
         let before = head_ranges(&relay, path).len();
         relay.add_rule(path, fault.clone(), 1);
         let r = tg.get("/apk/f/ch.apk", &[]);
-        assert_eq!(r.status, 200, "{fault:?}");
+        assert_eq!(r.status, 200, "{mode} {fault:?}");
         assert!(
             r.body == full,
-            "{fault:?}: body differs ({} of {} bytes)",
+            "{mode} {fault:?}: body differs ({} of {} bytes)",
             r.body.len(),
             full.len()
         );
         // The resumed request asks for exactly the bytes the client had not been sent.
         let ranges = head_ranges(&relay, path);
-        assert_eq!(ranges.len(), before + 2, "{fault:?}: {ranges:?}");
+        assert_eq!(ranges.len(), before + 2, "{mode} {fault:?}: {ranges:?}");
         let resumed_at: u64 = ranges[before + 1]
             .strip_prefix("bytes=")
             .unwrap()
@@ -223,7 +242,17 @@ fn resets_closes_and_stalls_are_resumed_at_the_exact_offset() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(resumed_at > 0, "{fault:?}: resumed from 0: {ranges:?}");
+        assert!(
+            resumed_at > 0,
+            "{mode} {fault:?}: resumed from 0: {ranges:?}"
+        );
+    }
+    // The 6 MiB head went socket to socket, less the first bytes read with its head.
+    let spliced = spliced(&tg);
+    if mode.ends_with("on;") {
+        assert!(spliced > 5 * MIB as u64, "{mode}: {spliced} bytes spliced");
+    } else {
+        assert_eq!(spliced, 0, "{mode}");
     }
     assert_no_close_wait(&tg);
 }
@@ -257,7 +286,13 @@ fn a_stall_before_the_head_with_retries_spent_is_a_504() {
 
 #[test]
 fn retries_spent_after_the_head_truncate_loudly() {
-    let (_s3, relay, tg, pkg) = relay_setup("retries 2;");
+    for mode in MODES {
+        truncated_loudly(mode);
+    }
+}
+
+fn truncated_loudly(mode: &str) {
+    let (_s3, relay, tg, pkg) = relay_setup_with(mode, "retries 2;");
     relay.add_rule("/f/base.apk", Fault::CloseAfter(500_000), 3);
     let mut c = tg.client();
     c.send(&request("GET", "/apk/f/ch.apk", &[]));
@@ -265,11 +300,11 @@ fn retries_spent_after_the_head_truncate_loudly() {
     assert_eq!(r.status, 200);
     let full = pkg.full("ch");
     assert_eq!(r.header("content-length").unwrap(), full.len().to_string());
-    assert!(r.body.len() < full.len(), "the body must be short");
-    assert!(r.body == full[..r.body.len()], "never a wrong byte");
+    assert!(r.body.len() < full.len(), "{mode}: the body must be short");
+    assert!(r.body == full[..r.body.len()], "{mode}: never a wrong byte");
     assert!(
         c.closed(Duration::from_secs(5)),
-        "the connection is closed at once"
+        "{mode}: the connection is closed at once"
     );
     assert!(tg.log().contains("truncated"), "{}", tg.log());
     assert_no_close_wait(&tg);

@@ -19,28 +19,12 @@ fn start(s3: &S3, extra_http: &str) -> Tailgate {
 
 fn start_on(endpoint: &str, extra_http: &str) -> Tailgate {
     let conf = conf(endpoint, SK, extra_http, "retry_backoff 20ms;")
-        .replace("worker_threads 2;", "worker_threads 1;")
-        .replace(
-            "location /files/",
-            "location = /metrics { metrics; }\n location /files/",
-        );
+        .replace("worker_threads 2;", "worker_threads 1;");
     Tailgate::start(&conf)
 }
 
-/// A counter or gauge from tailgate's own metrics.
-fn metric(tg: &Tailgate, line_prefix: &str) -> u64 {
-    let r = tg.get("/metrics", &[]);
-    let text = String::from_utf8(r.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
-}
-
 fn tail_requests(tg: &Tailgate) -> u64 {
-    metric(
-        tg,
-        "tailgate_upstream_requests_total{segment=\"tail\",result=\"ok\"}",
-    )
+    tg.metric("tailgate_upstream_requests_total{segment=\"tail\",result=\"ok\"}")
 }
 
 #[test]
@@ -76,9 +60,9 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
         assert!(r.body == full, "round {round}: body differs");
     }
     assert_eq!(tail_requests(&tg), 1, "one upstream request for the tail");
-    assert_eq!(metric(&tg, "tailgate_tail_cache_misses_total"), 1);
-    assert_eq!(metric(&tg, "tailgate_tail_cache_hits_total"), 2);
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 6000);
+    assert_eq!(tg.metric("tailgate_tail_cache_misses_total"), 1);
+    assert_eq!(tg.metric("tailgate_tail_cache_hits_total"), 2);
+    assert_eq!(tg.metric("tailgate_tail_cache_bytes"), 6000);
 
     // Ranges inside the cached tail and across the seam, from memory.
     let len = full.len();
@@ -120,7 +104,7 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
     assert_eq!(tail_requests(&tg), 4);
     assert!(tg.get(&warm, &[]).body == warm_full);
     assert_eq!(tail_requests(&tg), 4, "the download found the tail cached");
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 15_000);
+    assert_eq!(tg.metric("tailgate_tail_cache_bytes"), 15_000);
     // The access log's upstream bytes: the whole tail read for the 4,000-byte range, and
     // only the head for the download whose tail came from memory.
     let upstream_bytes = |n: usize| -> Vec<u64> {
@@ -152,7 +136,7 @@ fn hot_tails_come_from_memory_and_new_versions_are_fetched() {
     let r = tg.get(&hot, &[]);
     assert!(r.body == pkg2.full("hot"));
     assert_eq!(tail_requests(&tg), 5, "and then cached");
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 15_000);
+    assert_eq!(tg.metric("tailgate_tail_cache_bytes"), 15_000);
 }
 
 #[test]
@@ -166,8 +150,8 @@ fn off_by_default() {
         assert!(tg.get(&hot, &[]).body == pkg.full("hot"));
     }
     assert_eq!(tail_requests(&tg), 3);
-    assert_eq!(metric(&tg, "tailgate_tail_cache_hits_total"), 0);
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 0);
+    assert_eq!(tg.metric("tailgate_tail_cache_hits_total"), 0);
+    assert_eq!(tg.metric("tailgate_tail_cache_bytes"), 0);
 }
 
 #[test]
@@ -183,10 +167,10 @@ fn a_failed_fill_falls_back_to_streaming() {
     let r = tg.get("/apk/f/ch.apk", &[]);
     assert_eq!(r.status, 200);
     assert!(r.body == full, "body differs ({} bytes)", r.body.len());
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 0);
+    assert_eq!(tg.metric("tailgate_tail_cache_bytes"), 0);
     // The next download fills the cache; the one after needs no tail request.
     assert!(tg.get("/apk/f/ch.apk", &[]).body == full);
-    assert_eq!(metric(&tg, "tailgate_tail_cache_bytes"), 6000);
+    assert_eq!(tg.metric("tailgate_tail_cache_bytes"), 6000);
     let tails = |relay: &Relay| {
         relay
             .requests()

@@ -136,6 +136,7 @@ const SPECS: &[Spec] = &[
     d("keepalive_requests", Ctx::Http, 1, 1),
     d("send_timeout", Ctx::Http, 1, 1),
     d("relay_buffer_size", Ctx::Http, 1, 1),
+    d("relay_splice", Ctx::Http, 1, 1),
     d("manifest_cache_ttl", Ctx::Http, 1, 1),
     d("manifest_cache_size", Ctx::Http, 1, 1),
     d("max_ranges", Ctx::Http, 1, 1),
@@ -328,6 +329,7 @@ fn http(node: &Node) -> Result<Http, Error> {
         relay_buffer_size: value(nodes, "relay_buffer_size", kb(64), |v| {
             at_least(size(v)?, 4096)
         })?,
+        relay_splice: value(nodes, "relay_splice", true, flag)?,
         manifest_cache_ttl: value(nodes, "manifest_cache_ttl", secs(5), time)?,
         manifest_cache_size: value(nodes, "manifest_cache_size", 1024, number)?,
         max_ranges: value(nodes, "max_ranges", 16, positive)?,
@@ -461,6 +463,17 @@ fn number(v: &str) -> Result<usize, String> {
     }
     v.parse()
         .map_err(|_| format!("number \"{v}\" is too large"))
+}
+
+/// nginx flags: `on` or `off`.
+fn flag(v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!(
+            "invalid value \"{v}\", it must be \"on\" or \"off\""
+        )),
+    }
 }
 
 fn positive(v: &str) -> Result<usize, String> {

@@ -67,6 +67,8 @@ pub struct Http {
     pub send_timeout: Duration,
     /// One relay buffer; >= 4 KiB.
     pub relay_buffer_size: usize,
+    /// Plain-HTTP bodies move socket to socket through a pipe (`splice`).
+    pub relay_splice: bool,
     pub manifest_cache_ttl: Duration,
     pub manifest_cache_size: usize,
     /// >= 1.

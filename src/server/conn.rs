@@ -603,6 +603,7 @@ async fn serve_composite(
         composite: c,
         send_timeout: st.conf.http.send_timeout,
         tails: &st.tails,
+        pipes: st.conf.http.relay_splice.then_some(&st.pipes),
     };
     let mut stats = RelayStats::default();
     let buf = Vec::with_capacity(st.conf.http.relay_buffer_size);

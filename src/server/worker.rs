@@ -16,6 +16,7 @@ use crate::metrics::{Registry, Stats};
 use crate::object::composite::Composite;
 use crate::object::manifest::{Cache, Manifest};
 use crate::object::tail_cache::TailCache;
+use crate::relay::splice::Pipes;
 use crate::upstream::Upstream;
 
 use super::conn;
@@ -51,6 +52,8 @@ pub(super) struct State {
     pub objects: Vec<RefCell<Cache<Rc<Composite>>>>,
     /// This worker's share of `tail_cache_size`.
     pub tails: RefCell<TailCache>,
+    /// Idle pipes for spliced relays, `relay_buffer_size` each.
+    pub pipes: RefCell<Pipes>,
 }
 
 impl State {
@@ -64,6 +67,7 @@ impl State {
             tails: RefCell::new(TailCache::new(
                 http.tail_cache_size / conf.worker_threads.max(1) as u64,
             )),
+            pipes: RefCell::new(Pipes::new(http.relay_buffer_size)),
             conf,
         })
     }

@@ -11,6 +11,7 @@ pub mod transport;
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,7 +53,7 @@ pub struct UpstreamError {
 }
 
 impl UpstreamError {
-    fn new(kind: ErrorKind) -> Self {
+    pub fn new(kind: ErrorKind) -> Self {
         let retryable = match &kind {
             ErrorKind::Connect(_) | ErrorKind::Timeout | ErrorKind::Io(_) | ErrorKind::EarlyEof => {
                 true
@@ -153,6 +154,16 @@ impl SegmentBody {
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
+
+    /// The socket of a plain-HTTP connection, for a relay that moves the body itself.
+    pub fn plain_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.transport.plain_fd()
+    }
+
+    /// Counts `n` body bytes read from [`plain_fd`](Self::plain_fd) by the caller.
+    pub fn consumed(&mut self, n: u64) {
+        self.remaining = self.remaining.saturating_sub(n);
+    }
 }
 
 /// A worker's S3 side: blocks and the keep-alive pool.
@@ -226,6 +237,13 @@ impl Upstream {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts body bytes a relay spliced.
+    pub fn record_spliced(&self, bytes: u64) {
+        self.stats
+            .spliced_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Publishes the bytes this worker's tail cache holds.
     pub fn publish_cache_bytes(&self, bytes: u64) {
         self.stats.tail_cache_bytes.store(
@@ -243,13 +261,14 @@ impl Upstream {
     }
 
     /// Opens `[start, end)` of `seg`'s object: `Range` + `If-Match`, head checked. On
-    /// success `buf` holds the first body bytes (at most `end - start`).
+    /// success `buf` holds the first body bytes (at most `end - start`), read together with
+    /// the head in reads of at most `first_read` bytes.
     pub async fn open_segment(
         &self,
         block: usize,
         seg: &Segment,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
+        first_read: usize,
         buf: Vec<u8>,
     ) -> (Result<SegmentBody, UpstreamError>, Vec<u8>) {
         let Some(b) = self.blocks.get(block) else {
@@ -272,7 +291,7 @@ impl Upstream {
             Ok(h) => h,
             Err(e) => return (Err(UpstreamError::new(ErrorKind::Sign(e))), buf),
         };
-        let (res, mut buf) = self.exchange(block, head, buf).await;
+        let (res, mut buf) = self.exchange(block, head, buf, first_read).await;
         let (transport, resp) = match res {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
@@ -311,10 +330,7 @@ impl Upstream {
         body: &mut SegmentBody,
         buf: Vec<u8>,
     ) -> (Result<usize, UpstreamError>, Vec<u8>) {
-        let timeout = self
-            .blocks
-            .get(body.block)
-            .map_or(Duration::from_secs(30), |b| b.conf().read_timeout);
+        let timeout = self.read_timeout(body.block);
         let cap = buf.capacity();
         // Never read past the body: the next response on this connection is not ours yet.
         let max = usize::try_from(body.remaining).unwrap_or(usize::MAX);
@@ -407,6 +423,18 @@ impl Upstream {
         pause.min(MAX_BACKOFF_TOTAL.saturating_sub(slept))
     }
 
+    /// The longest wait for more bytes of a response (`read_timeout`).
+    pub fn read_timeout(&self, block: usize) -> Duration {
+        self.blocks
+            .get(block)
+            .map_or(Duration::from_secs(30), |b| b.conf().read_timeout)
+    }
+
+    /// True when `block` speaks plain HTTP (its bodies can be spliced).
+    pub fn plain(&self, block: usize) -> bool {
+        self.blocks.get(block).is_some_and(|b| b.tls.is_none())
+    }
+
     pub fn retries(&self, block: usize) -> u32 {
         self.blocks.get(block).map_or(0, |b| b.conf().retries)
     }
@@ -427,7 +455,12 @@ impl Upstream {
             .request_head(method, key, None, None, None, SystemTime::now())
             .map_err(|e| UpstreamError::new(ErrorKind::Sign(e)))?;
         let (res, mut buf) = self
-            .exchange(block, head, Vec::with_capacity(response::MAX_UPSTREAM_HEAD))
+            .exchange(
+                block,
+                head,
+                Vec::with_capacity(response::MAX_UPSTREAM_HEAD),
+                response::MAX_UPSTREAM_HEAD,
+            )
             .await;
         let (transport, resp) = res?;
         let fail = |t: Transport, kind| {
@@ -486,7 +519,8 @@ impl Upstream {
     }
 
     /// Sends `head` on a pooled or fresh connection and reads the response head into `buf`
-    /// (which then also holds any body bytes that came with it). A failure on a reused
+    /// (which then also holds any body bytes that came with it, up to `limit` bytes in all;
+    /// a head must fit in `limit` and the buffer). A failure on a reused
     /// connection before any response byte is retried once on a fresh one, as nginx and
     /// Pingora do: the peer may have closed it just as it was taken.
     async fn exchange(
@@ -494,6 +528,7 @@ impl Upstream {
         block: usize,
         head: Vec<u8>,
         buf: Vec<u8>,
+        limit: usize,
     ) -> (Result<(Transport, UpstreamHead), UpstreamError>, Vec<u8>) {
         let head = Bytes::from(head);
         let Some(b) = self.blocks.get(block) else {
@@ -511,7 +546,9 @@ impl Upstream {
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
-            let (res, back) = self.exchange_on(block, t, Bytes::clone(&head), buf).await;
+            let (res, back) = self
+                .exchange_on(block, t, Bytes::clone(&head), buf, limit)
+                .await;
             buf = back;
             match res {
                 Ok(v) => return (Ok(v), buf),
@@ -532,7 +569,7 @@ impl Upstream {
             Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
             Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
         };
-        let (res, buf) = self.exchange_on(block, t, head, buf).await;
+        let (res, buf) = self.exchange_on(block, t, head, buf, limit).await;
         (res.map_err(|(e, _)| e), buf)
     }
 
@@ -543,14 +580,12 @@ impl Upstream {
         mut t: Transport,
         head: Bytes,
         buf: Vec<u8>,
+        limit: usize,
     ) -> (
         Result<(Transport, UpstreamHead), (UpstreamError, bool)>,
         Vec<u8>,
     ) {
-        let timeout = self
-            .blocks
-            .get(block)
-            .map_or(Duration::from_secs(30), |b| b.conf().read_timeout);
+        let timeout = self.read_timeout(block);
         let cap = buf.capacity();
         let write = tokio::time::timeout(timeout, t.write_all(head)).await;
         match write {
@@ -566,8 +601,10 @@ impl Upstream {
         }
         let mut buf = buf;
         buf.clear();
+        let limit = limit.min(buf.capacity());
         loop {
-            let got = tokio::time::timeout(timeout, t.read(buf, usize::MAX)).await;
+            let room = limit.saturating_sub(buf.len());
+            let got = tokio::time::timeout(timeout, t.read(buf, room)).await;
             let Ok((res, back)) = got else {
                 t.shutdown();
                 return (
@@ -590,7 +627,7 @@ impl Upstream {
             }
             match response::parse(&buf) {
                 Ok(Parsed::Complete(h)) => return (Ok((t, h)), buf),
-                Ok(Parsed::Partial) if buf.len() < buf.capacity() => {}
+                Ok(Parsed::Partial) if buf.len() < limit => {}
                 Ok(Parsed::Partial) => {
                     t.shutdown();
                     return (

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -103,6 +103,14 @@ impl Transport {
     /// Ends the connection for good; any operation still in flight completes with an error.
     pub fn shutdown(&self) {
         let _ = self.stream().shutdown(Shutdown::Both);
+    }
+
+    /// The socket of a plain connection; `None` for TLS, whose bytes need decrypting.
+    pub fn plain_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Transport::Plain(s) => Some(crate::relay::splice::socket_fd(s)),
+            Transport::Tls(_) => None,
+        }
     }
 
     pub fn raw_fd(&self) -> RawFd {

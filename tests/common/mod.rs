@@ -301,12 +301,14 @@ pub struct Tailgate {
     pub proc: Proc,
 }
 
-/// The conf used by most tests: one composite and one object location on `endpoint`.
+/// The conf used by most tests: one composite and one object location on `endpoint`, and
+/// tailgate's metrics at `/metrics`.
 pub fn conf(endpoint: &str, secret: &str, extra_http: &str, extra_s3: &str) -> String {
     format!(
         "worker_threads 2;\nerror_log stderr info;\nhttp {{\n listen 127.0.0.1:0;\n client_header_timeout 5s;\n {extra_http}\n \
          s3 apks {{\n  endpoint {endpoint};\n  bucket {BUCKET};\n  access_key_id {AK};\n  secret_access_key {secret};\n  {extra_s3}\n }}\n \
-         location /apk/ {{ composite apks; }}\n location /files/ {{ object apks; }}\n}}\n"
+         location /apk/ {{ composite apks; }}\n location /files/ {{ object apks; }}\n \
+         location = /metrics {{ metrics; }}\n}}\n"
     )
 }
 
@@ -345,6 +347,15 @@ impl Tailgate {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// A counter or gauge from tailgate's own metrics, by the start of its line.
+    pub fn metric(&self, line_prefix: &str) -> u64 {
+        let r = self.get("/metrics", &[]);
+        let text = String::from_utf8(r.body).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
     }
 
     /// One GET on a fresh connection.

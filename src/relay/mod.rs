@@ -5,7 +5,10 @@
 //! the first byte the client has not been sent; when that is impossible, the caller closes
 //! the client connection so the short body shows as short. With `tail_cache_size`, a tail
 //! the cache admits is sent from memory, and on a miss first read whole into it (the same
-//! rule: only once everything before it was written).
+//! rule: only once everything before it was written). With `relay_splice`, the body of a
+//! plain-HTTP fetch past its first bytes moves socket to socket through a pipe (`splice`).
+
+pub mod splice;
 
 use std::cell::RefCell;
 use std::net::Shutdown;
@@ -19,7 +22,8 @@ use crate::metrics::Segment as Kind;
 use crate::object::composite::{Composite, Segment};
 use crate::object::plan::Fetch;
 use crate::object::tail_cache::TailCache;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{ErrorKind, SegmentBody, Upstream, UpstreamError};
+use splice::{Failure, Link, Pipes, Progress, Timeouts, UpstreamFailure};
 
 /// What goes to the client, in order.
 pub enum Piece {
@@ -90,6 +94,15 @@ pub struct Relay<'a> {
     pub composite: &'a Composite,
     pub send_timeout: Duration,
     pub tails: &'a RefCell<TailCache>,
+    /// The worker's pipes when `relay_splice` is on.
+    pub pipes: Option<&'a RefCell<Pipes>>,
+}
+
+/// How a spliced part of a body ended.
+enum Spliced {
+    Complete,
+    ClientGone,
+    Upstream(UpstreamError),
 }
 
 impl Relay<'_> {
@@ -186,9 +199,15 @@ impl Relay<'_> {
             buf.clear();
             stats.upstream_requests += 1;
             let started = Instant::now();
+            // When the body will be spliced, only its first bytes come with the head.
+            let first_read = if self.splices(f.end.saturating_sub(pos)) {
+                crate::upstream::response::MAX_UPSTREAM_HEAD
+            } else {
+                usize::MAX
+            };
             let (opened, back) = self
                 .upstream
-                .open_segment(self.block, seg, pos, f.end, buf)
+                .open_segment(self.block, seg, (pos, f.end), first_read, buf)
                 .await;
             stats.upstream_time += started.elapsed();
             buf = back;
@@ -218,6 +237,30 @@ impl Relay<'_> {
                     self.upstream.release(body);
                     break;
                 }
+                if self.splices(body.remaining()) {
+                    let spliced = self.splice(&mut body, pending, written, &mut pos, stats);
+                    match spliced.await {
+                        None => {}
+                        Some(Spliced::Complete) => {
+                            self.upstream.record(kind, Ok(()));
+                            self.upstream.release(body);
+                            break;
+                        }
+                        Some(Spliced::ClientGone) => {
+                            self.upstream.discard(body);
+                            return (Ok(End::ClientGone), buf);
+                        }
+                        Some(Spliced::Upstream(e)) => {
+                            self.upstream.discard(body);
+                            self.upstream.record(kind, Err(&e));
+                            if e.retryable && attempt < retries {
+                                attempt += 1;
+                                continue 'attempts;
+                            }
+                            return (Err(e), buf);
+                        }
+                    }
+                }
                 let started = Instant::now();
                 let (res, back) = self.upstream.read_body(&mut body, buf).await;
                 stats.upstream_time += started.elapsed();
@@ -242,6 +285,68 @@ impl Relay<'_> {
         (Ok(End::Complete), buf)
     }
 
+    /// True when `len` more body bytes of this block's fetches go through a pipe.
+    fn splices(&self, len: u64) -> bool {
+        self.pipes.is_some() && len >= splice::MIN_BODY && self.upstream.plain(self.block)
+    }
+
+    /// Moves the rest of `body` to the client with `splice`, after what is pending. `None`
+    /// when no pipe or readiness registration could be had (out of descriptors): nothing
+    /// was moved, and the caller relays through its buffer.
+    async fn splice(
+        &self,
+        body: &mut SegmentBody,
+        pending: &mut Vec<u8>,
+        written: &mut bool,
+        pos: &mut u64,
+        stats: &mut Stats,
+    ) -> Option<Spliced> {
+        let pipes = self.pipes?;
+        let src = body.plain_fd()?;
+        let mut pipe = Pipes::take(pipes)?;
+        let link = Link::new(src, splice::socket_fd(self.client)).ok()?;
+        if !pending.is_empty() {
+            let (res, _) = self.write(std::mem::take(pending), 0).await;
+            if res.is_err() {
+                return Some(Spliced::ClientGone);
+            }
+            *written = true;
+            stats.first_write.get_or_insert_with(Instant::now);
+        }
+        let timeouts = Timeouts {
+            read: self.upstream.read_timeout(self.block),
+            send: self.send_timeout,
+        };
+        let mut moved = Progress::default();
+        let res = link
+            .transfer(&mut pipe, body.remaining(), &timeouts, &mut moved)
+            .await;
+        drop(link);
+        Pipes::give(pipes, pipe);
+        stats.upstream_time += moved.waited;
+        self.upstream.record_spliced(moved.written);
+        body.consumed(moved.read);
+        *pos = pos.saturating_add(moved.written);
+        stats.upstream_bytes = stats.upstream_bytes.saturating_add(moved.read);
+        stats.body_bytes = stats.body_bytes.saturating_add(moved.written);
+        if moved.written > 0 {
+            *written = true;
+            stats.first_write.get_or_insert_with(Instant::now);
+        }
+        Some(match res {
+            Ok(()) => Spliced::Complete,
+            Err(Failure::Client) => {
+                let _ = self.client.shutdown(Shutdown::Both);
+                Spliced::ClientGone
+            }
+            Err(Failure::Upstream(f)) => Spliced::Upstream(UpstreamError::new(match f {
+                UpstreamFailure::Timeout => ErrorKind::Timeout,
+                UpstreamFailure::Eof => ErrorKind::EarlyEof,
+                UpstreamFailure::Io(e) => ErrorKind::Io(e),
+            })),
+        })
+    }
+
     /// Reads the whole of `seg` into `fill` with one upstream request; `None` if that fails.
     async fn load(
         &self,
@@ -256,7 +361,7 @@ impl Relay<'_> {
         let started = Instant::now();
         let (opened, mut buf) = self
             .upstream
-            .open_segment(self.block, seg, seg.offset, end, buf)
+            .open_segment(self.block, seg, (seg.offset, end), usize::MAX, buf)
             .await;
         let mut body = match opened {
             Ok(b) => b,

@@ -1,0 +1,98 @@
+//! Spliced relays (`relay_splice`, on by default): large plain-HTTP bodies go socket to
+//! socket, small ones through the buffer, and the pipes they use are reused rather than
+//! piling up as open descriptors.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn open_fds(tg: &Tailgate) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", tg.proc.0.id()))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn large_bodies_are_spliced_small_ones_are_not_and_pipes_are_reused() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "sp",
+        bytes(3 * MIB + 5, 51),
+        vec![("big", bytes(400_000, 52)), ("small", bytes(900, 53))],
+    );
+    let tg = Tailgate::start(
+        &conf(&s3.endpoint(), SK, "relay_buffer_size 64k;", "")
+            .replace("worker_threads 2;", "worker_threads 1;"),
+    );
+    let spliced = || tg.metric("tailgate_spliced_bytes_total");
+
+    // A small range is one read and one write.
+    let r = tg.get("/apk/sp/big.apk", &[("Range", "bytes=1000-5095")]);
+    assert_eq!(r.status, 206);
+    assert!(r.body == pkg.full("big")[1000..5096]);
+    assert_eq!(spliced(), 0);
+
+    // A whole download: the head and the 400 KB tail are spliced past their first bytes.
+    let full = pkg.full("big");
+    let r = tg.get("/apk/sp/big.apk", &[]);
+    assert!(r.body == full, "body differs");
+    let once = spliced();
+    assert!(once > 3 * MIB as u64, "{once} bytes spliced");
+    assert!(once < full.len() as u64);
+
+    // A small tail is not spliced; the head still is.
+    let r = tg.get("/apk/sp/small.apk", &[]);
+    assert!(r.body == pkg.full("small"));
+    assert!(spliced() > once);
+
+    // Downloads one after another, on one connection and on new ones, reuse one pipe.
+    let fds = open_fds(&tg);
+    let mut c = tg.client();
+    for i in 0..20 {
+        if i % 2 == 0 {
+            c.send(&request("GET", "/apk/sp/big.apk", &[]));
+            assert!(c.response(false).unwrap().body == full, "download {i}");
+        } else {
+            assert!(tg.get("/apk/sp/big.apk", &[]).body == full, "download {i}");
+        }
+    }
+    drop(c);
+    let after = open_fds(&tg);
+    assert!(after <= fds + 1, "descriptors grew from {fds} to {after}");
+}
+
+#[test]
+fn concurrent_spliced_downloads_are_exact() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "cc",
+        bytes(5 * MIB + 11, 61),
+        vec![("a", bytes(200_000, 62)), ("b", bytes(300_001, 63))],
+    );
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
+    let addr = tg.addr;
+    let expect = [pkg.full("a"), pkg.full("b")];
+    let downloads: Vec<_> = (0..8)
+        .map(|i| {
+            let want = expect[i % 2].clone();
+            let path = format!("/apk/cc/{}.apk", ["a", "b"][i % 2]);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..3 {
+                    c.send(&request("GET", &path, &[]));
+                    let r = c.response(false).unwrap();
+                    assert!(r.body == want, "{path}: body differs");
+                }
+            })
+        })
+        .collect();
+    for d in downloads {
+        d.join().unwrap();
+    }
+    assert!(tg.metric("tailgate_spliced_bytes_total") > 24 * 5 * MIB as u64);
+}
