@@ -154,7 +154,7 @@ fn relay_setup(extra_s3: &str) -> (S3, Relay, Tailgate, Package) {
     relay_setup_with("", extra_s3)
 }
 
-/// The relay modes a body can take: socket to socket (`splice`, the default) and through
+/// The relay modes a body can take: socket to socket (`relay_splice on`) and through
 /// the relay buffer.
 const MODES: [&str; 2] = ["relay_splice on;", "relay_splice off;"];
 

@@ -1,4 +1,4 @@
-//! Spliced relays (`relay_splice`, on by default): large plain-HTTP bodies go socket to
+//! Spliced relays (`relay_splice on`): large plain-HTTP bodies go socket to
 //! socket, small ones through the buffer, and the pipes they use are reused rather than
 //! piling up as open descriptors.
 #![allow(clippy::unwrap_used)]
@@ -25,8 +25,13 @@ fn large_bodies_are_spliced_small_ones_are_not_and_pipes_are_reused() {
         vec![("big", bytes(400_000, 52)), ("small", bytes(900, 53))],
     );
     let tg = Tailgate::start(
-        &conf(&s3.endpoint(), SK, "relay_buffer_size 64k;", "")
-            .replace("worker_threads 2;", "worker_threads 1;"),
+        &conf(
+            &s3.endpoint(),
+            SK,
+            "relay_buffer_size 64k; relay_splice on;",
+            "",
+        )
+        .replace("worker_threads 2;", "worker_threads 1;"),
     );
     let spliced = || tg.metric("tailgate_spliced_bytes_total");
 
@@ -74,7 +79,7 @@ fn concurrent_spliced_downloads_are_exact() {
         bytes(5 * MIB + 11, 61),
         vec![("a", bytes(200_000, 62)), ("b", bytes(300_001, 63))],
     );
-    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "relay_splice on;", ""));
     let addr = tg.addr;
     let expect = [pkg.full("a"), pkg.full("b")];
     let downloads: Vec<_> = (0..8)

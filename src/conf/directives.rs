@@ -329,7 +329,7 @@ fn http(node: &Node) -> Result<Http, Error> {
         relay_buffer_size: value(nodes, "relay_buffer_size", kb(64), |v| {
             at_least(size(v)?, 4096)
         })?,
-        relay_splice: value(nodes, "relay_splice", true, flag)?,
+        relay_splice: value(nodes, "relay_splice", false, flag)?,
         manifest_cache_ttl: value(nodes, "manifest_cache_ttl", secs(5), time)?,
         manifest_cache_size: value(nodes, "manifest_cache_size", 1024, number)?,
         max_ranges: value(nodes, "max_ranges", 16, positive)?,
@@ -411,9 +411,7 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
     let addressing = value(nodes, "addressing", Addressing::Path, |v| match v {
         "path" => Ok(Addressing::Path),
         "virtual" => Ok(Addressing::Virtual),
-        _ => Err(format!(
-            "invalid value \"{v}\", expecting \"path\" or \"virtual\""
-        )),
+        _ => Err(format!("invalid value \"{v}\" (on or off)")),
     })?;
     let plain = |v: &str| -> Result<String, String> {
         if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
@@ -470,9 +468,7 @@ fn flag(v: &str) -> Result<bool, String> {
     match v {
         "on" => Ok(true),
         "off" => Ok(false),
-        _ => Err(format!(
-            "invalid value \"{v}\", it must be \"on\" or \"off\""
-        )),
+        _ => Err(format!("invalid value \"{v}\" (on or off)")),
     }
 }
 
@@ -678,6 +674,7 @@ mod tests {
         assert_eq!(c.http.max_ranges, 16);
         assert_eq!(c.http.manifest_cache_ttl, secs(5));
         assert_eq!(c.http.tail_cache_size, 0);
+        assert!(!c.http.relay_splice);
         assert_eq!(c.http.s3[0].retry_backoff, Duration::from_millis(50));
         assert_eq!(c.http.s3[0].secret_access_key, "s3cr3t");
         assert_eq!(c.http.s3[0].region, "us-east-1");
@@ -694,6 +691,7 @@ mod tests {
             ("http {\n listen 1;\n location /a/ {\n  composite nosuch;\n }\n}", "t.conf:4: no s3 block named \"nosuch\""),
             ("http {\n listen 1;\n send_timeout 5x;\n}", "t.conf:3: invalid time \"5x\" in \"send_timeout\" directive"),
             ("http {\n listen 1;\n relay_buffer_size 1q;\n}", "t.conf:3: invalid size \"1q\" in \"relay_buffer_size\" directive"),
+            ("http {\n listen 1;\n\n relay_splice yes;\n}", "t.conf:4: invalid value \"yes\" (on or off) in \"relay_splice\" directive"),
             ("http {\n listen 1;\n send_timeout 1s;\n send_timeout 2s;\n}", "t.conf:4: \"send_timeout\" directive is duplicate"),
             ("http {\n listen 1;\n send_timeout;\n}", "t.conf:3: invalid number of arguments in \"send_timeout\" directive"),
             ("http {\n}\n", "t.conf:1: no \"listen\" directive in \"http\" block"),
