@@ -80,20 +80,45 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
     // client_header_buffer_size, only for heads that need it.
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_HEAD_BUFFER);
     let mut served: u64 = 0;
-    loop {
+    'conn: loop {
         if buf.is_empty() && buf.capacity() > INITIAL_HEAD_BUFFER {
             // Going idle: give back what a large head made the buffer grow to.
             buf = Vec::with_capacity(INITIAL_HEAD_BUFFER);
         }
         let st = w.state();
         let http = &st.conf.http;
-        let (read, back) = read_head(&stream, buf, served == 0, http, &mut gauge).await;
-        buf = back;
+        let mut deadline = HeadDeadline::new(&buf, served == 0, http);
+        gauge.set(if buf.is_empty() {
+            ConnState::Waiting
+        } else {
+            ConnState::Reading
+        });
+        let parsed = loop {
+            let (wait, start, end) = match deadline.next(&mut buf, http) {
+                Next::Head(h) => break Ok(h),
+                Next::Error(e) => break Err(e),
+                Next::Read { wait, start, end } => (wait, start, end),
+            };
+            let read = stream.read(std::mem::take(&mut buf).slice(start..end));
+            match tokio::time::timeout(wait, read).await {
+                Ok((Ok(n), slice)) if n > 0 => {
+                    buf = slice.into_inner();
+                    gauge.set(ConnState::Reading);
+                    deadline.got_bytes(http);
+                }
+                // The peer closed or failed: close without a response.
+                Ok(_) => break 'conn,
+                // Idle past keepalive_timeout, or stalled mid-head past client_header_timeout.
+                Err(_) => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    break 'conn;
+                }
+            }
+        };
         let started = Instant::now();
-        let head = match read {
-            HeadRead::Head(h) => h,
-            HeadRead::Closed => break,
-            HeadRead::Error(e) => {
+        let head = match parsed {
+            Ok(h) => h,
+            Err(e) => {
                 log::info!("client {peer}: {e:?}");
                 w.stats.requests.fetch_add(1, Ordering::Relaxed);
                 gauge.set(ConnState::Writing);
@@ -242,65 +267,68 @@ impl Drop for Gauge {
     }
 }
 
-enum HeadRead {
+/// What to do next while reading a request head.
+enum Next {
     Head(Box<RequestHead>),
-    /// The peer closed, went idle past `keepalive_timeout`, or stalled mid-head past
-    /// `client_header_timeout`: close without a response.
-    Closed,
     Error(ParseError),
+    /// Read into `buf[start..end]`, waiting at most `wait`.
+    Read {
+        wait: Duration,
+        start: usize,
+        end: usize,
+    },
 }
 
-/// Reads until a complete head is in `buf`. Waiting for the first byte is bounded by
+/// The deadlines of one request head. Waiting for the first byte is bounded by
 /// `keepalive_timeout` (or `client_header_timeout` on a new connection); from the first byte
-/// the whole head must arrive within `client_header_timeout`, however it is trickled.
-async fn read_head(
-    stream: &TcpStream,
-    buf: Vec<u8>,
+/// the whole head must arrive within `client_header_timeout`, however it is trickled. The
+/// reads themselves are awaited by `serve`, so an idle connection's task holds no more
+/// than the read in flight and this.
+struct HeadDeadline {
+    /// When the whole head must be in, once its first byte came.
+    by: Option<Instant>,
     first: bool,
-    http: &Http,
-    gauge: &mut Gauge,
-) -> (HeadRead, Vec<u8>) {
-    let cap = http.client_header_buffer_size;
-    let mut buf = buf;
-    let mut deadline = (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout);
-    gauge.set(if buf.is_empty() {
-        ConnState::Waiting
-    } else {
-        ConnState::Reading
-    });
-    loop {
+}
+
+impl HeadDeadline {
+    fn new(buf: &[u8], first: bool, http: &Http) -> HeadDeadline {
+        HeadDeadline {
+            by: (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout),
+            first,
+        }
+    }
+
+    /// A complete head in `buf`, a refused one, or where to read more (growing `buf` up to
+    /// `client_header_buffer_size` when it is full).
+    fn next(&self, buf: &mut Vec<u8>, http: &Http) -> Next {
+        let cap = http.client_header_buffer_size;
         if !buf.is_empty() {
-            match request::parse(&buf, cap) {
-                Ok(Parsed::Complete(h)) => return (HeadRead::Head(h), buf),
+            match request::parse(buf, cap) {
+                Ok(Parsed::Complete(h)) => return Next::Head(h),
                 Ok(Parsed::Partial) => {}
-                Err(e) => return (HeadRead::Error(e), buf),
+                Err(e) => return Next::Error(e),
             }
         }
-        let wait = match deadline {
+        let wait = match self.by {
             Some(d) => d.saturating_duration_since(Instant::now()),
-            None if first => http.client_header_timeout,
+            None if self.first => http.client_header_timeout,
             None => http.keepalive_timeout,
         };
         if buf.len() == buf.capacity() {
             let grown = (buf.capacity() * 4).clamp(INITIAL_HEAD_BUFFER, cap);
             buf.reserve_exact(grown - buf.len());
         }
-        let start = buf.len();
-        let end = buf.capacity().min(cap);
-        let read = stream.read(buf.slice(start..end));
-        match tokio::time::timeout(wait, read).await {
-            Ok((Ok(0), slice)) => return (HeadRead::Closed, slice.into_inner()),
-            Ok((Ok(_), slice)) => {
-                buf = slice.into_inner();
-                gauge.set(ConnState::Reading);
-                deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
-            }
-            Ok((Err(_), slice)) => return (HeadRead::Closed, slice.into_inner()),
-            Err(_) => {
-                let _ = stream.shutdown(Shutdown::Both);
-                return (HeadRead::Closed, Vec::new());
-            }
+        Next::Read {
+            wait,
+            start: buf.len(),
+            end: buf.capacity().min(cap),
         }
+    }
+
+    /// Bytes arrived: the head's clock runs from the first of them.
+    fn got_bytes(&mut self, http: &Http) {
+        self.by
+            .get_or_insert_with(|| Instant::now() + http.client_header_timeout);
     }
 }
 
