@@ -73,48 +73,94 @@ fn error_response(f: &Failure) -> (u16, bool) {
     }
 }
 
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
-    let _ = stream.set_nodelay(true);
-    let mut gauge = Gauge::new(&w.stats);
-    // Idle connections should cost little: the head buffer starts small and grows, up to
-    // client_header_buffer_size, only for heads that need it.
-    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_HEAD_BUFFER);
-    let mut served: u64 = 0;
-    'conn: loop {
-        if buf.is_empty() && buf.capacity() > INITIAL_HEAD_BUFFER {
-            // Going idle: give back what a large head made the buffer grow to.
-            buf = Vec::with_capacity(INITIAL_HEAD_BUFFER);
-        }
-        let st = w.state();
-        let http = &st.conf.http;
-        let mut deadline = HeadDeadline::new(&buf, served == 0, http);
-        gauge.set(if buf.is_empty() {
-            ConnState::Waiting
-        } else {
-            ConnState::Reading
-        });
-        let parsed = loop {
-            let (wait, start, end) = match deadline.next(&mut buf, http) {
-                Next::Head(h) => break Ok(h),
-                Next::Error(e) => break Err(e),
-                Next::Read { wait, start, end } => (wait, start, end),
-            };
-            let read = stream.read(std::mem::take(&mut buf).slice(start..end));
-            match tokio::time::timeout(wait, read).await {
-                Ok((Ok(n), slice)) if n > 0 => {
-                    buf = slice.into_inner();
-                    gauge.set(ConnState::Reading);
-                    deadline.got_bytes(http);
-                }
-                // The peer closed or failed: close without a response.
-                Ok(_) => break 'conn,
-                // Idle past keepalive_timeout, or stalled mid-head past client_header_timeout.
-                Err(_) => {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    break 'conn;
-                }
+/// Serves one client connection until it closes, then counts it out of the worker's
+/// active connections. An idle connection's task is mostly this future, and tokio allocates
+/// tasks in 128-byte steps (512 bytes with this one), so it is kept lean: not an `async fn`
+/// (that keeps a second copy of the arguments for the task's whole life), the idle read
+/// awaited here directly, and everything a request needs in one boxed future.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(super) fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    w: Rc<Worker>,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = stream.set_nodelay(true);
+        let mut gauge = Gauge::new(&w.stats);
+        // Idle connections should cost little: the head buffer starts small and grows, up to
+        // client_header_buffer_size, only for heads that need it.
+        let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_HEAD_BUFFER);
+        let mut served: u64 = 0;
+        'conn: loop {
+            if buf.is_empty() && buf.capacity() > INITIAL_HEAD_BUFFER {
+                // Going idle: give back what a large head made the buffer grow to.
+                buf = Vec::with_capacity(INITIAL_HEAD_BUFFER);
             }
-        };
+            let st = w.state();
+            let http = &st.conf.http;
+            let mut deadline = HeadDeadline::new(&buf, http);
+            gauge.set(if buf.is_empty() {
+                ConnState::Waiting
+            } else {
+                ConnState::Reading
+            });
+            let parsed = loop {
+                let (wait, start, end) = match deadline.next(&mut buf, http, served == 0) {
+                    Next::Head(h) => break Ok(h),
+                    Next::Error(e) => break Err(e),
+                    Next::Read { wait, start, end } => (wait, start, end),
+                };
+                let read = stream.read(std::mem::take(&mut buf).slice(start..end));
+                match tokio::time::timeout(wait, read).await {
+                    Ok((Ok(n), slice)) if n > 0 => {
+                        buf = slice.into_inner();
+                        gauge.set(ConnState::Reading);
+                        deadline.got_bytes(http);
+                    }
+                    // The peer closed or failed: close without a response.
+                    Ok(_) => break 'conn,
+                    // Idle past keepalive_timeout, or stalled mid-head past client_header_timeout.
+                    Err(_) => {
+                        let _ = stream.shutdown(Shutdown::Both);
+                        break 'conn;
+                    }
+                }
+            };
+            // One boxed future for the whole exchange: its state is on the heap only while a
+            // request is being answered, so the idle task holds just the read above.
+            let conn = Conn {
+                stream: &stream,
+                peer,
+                w: &w,
+            };
+            let go_on = Box::pin(conn.exchange(parsed, &mut buf, &mut gauge, &mut served)).await;
+            if !go_on {
+                break;
+            }
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+        w.active.set(w.active.get().saturating_sub(1));
+    }
+}
+
+/// What answering one request needs of its connection.
+struct Conn<'a> {
+    stream: &'a TcpStream,
+    peer: SocketAddr,
+    w: &'a Rc<Worker>,
+}
+
+impl Conn<'_> {
+    /// Answers one request head (or a refused one) and says whether the connection may
+    /// serve another.
+    async fn exchange(
+        self,
+        parsed: Result<Box<RequestHead>, ParseError>,
+        buf: &mut Vec<u8>,
+        gauge: &mut Gauge,
+        served: &mut u64,
+    ) -> bool {
+        let Conn { stream, peer, w } = self;
         let started = Instant::now();
         let head = match parsed {
             Ok(h) => h,
@@ -122,56 +168,53 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, w: Rc<Worker>) {
                 log::info!("client {peer}: {e:?}");
                 w.stats.requests.fetch_add(1, Ordering::Relaxed);
                 gauge.set(ConnState::Writing);
-                let reply = Box::pin(send_error(&stream, &Failure::Parse(e), false, 1, true)).await;
-                finish(&w, peer, &request::first_line(&buf), None, &reply, started);
-                break;
+                let reply = Box::pin(send_error(stream, &Failure::Parse(e), false, 1, true)).await;
+                finish(w, peer, &request::first_line(buf), None, &reply, started);
+                return false;
             }
         };
+        let st = w.state();
+        let http = &st.conf.http;
         w.stats.requests.fetch_add(1, Ordering::Relaxed);
         buf.drain(..head.len);
-        served += 1;
+        *served += 1;
         let draining = w.shared.draining.load(Ordering::Acquire);
-        let keep_alive = head.keep_alive && served < http.keepalive_requests && !draining;
+        let keep_alive = head.keep_alive && *served < http.keepalive_requests && !draining;
         if head.body != Body::None {
-            // Boxed like the response below: rare, and kept out of the idle task's size.
+            // Boxed like the response below: rare, and kept out of this future's size.
             let (res, back) = Box::pin(discard_body(
-                &stream,
-                buf,
+                stream,
+                std::mem::take(buf),
                 head.body,
                 http.client_header_timeout,
             ))
             .await;
-            buf = back;
+            *buf = back;
             match res {
                 Ok(()) => {}
-                Err(None) => break,
+                Err(None) => return false,
                 Err(Some(e)) => {
                     log::info!("client {peer}: request body: {e:?}");
                     gauge.set(ConnState::Writing);
                     let is_head = head.method == Method::Head;
                     let reply = Box::pin(send_error(
-                        &stream,
+                        stream,
                         &Failure::Body(e),
                         is_head,
                         head.minor,
                         true,
                     ))
                     .await;
-                    finish(&w, peer, &head.request_line, Some(&head), &reply, started);
-                    break;
+                    finish(w, peer, &head.request_line, Some(&head), &reply, started);
+                    return false;
                 }
             }
         }
         gauge.set(ConnState::Writing);
-        // Boxed: the response's state lives on the heap only while it is being served, so an
-        // idle connection's task stays small.
-        let reply = Box::pin(respond(&stream, &w, &st, &head, keep_alive)).await;
-        finish(&w, peer, &head.request_line, Some(&head), &reply, started);
-        if !reply.keep || !keep_alive {
-            break;
-        }
+        let reply = Box::pin(respond(stream, w, &st, &head, keep_alive)).await;
+        finish(w, peer, &head.request_line, Some(&head), &reply, started);
+        reply.keep && keep_alive
     }
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// What one response was, for the access log and the metrics.
@@ -287,20 +330,18 @@ enum Next {
 struct HeadDeadline {
     /// When the whole head must be in, once its first byte came.
     by: Option<Instant>,
-    first: bool,
 }
 
 impl HeadDeadline {
-    fn new(buf: &[u8], first: bool, http: &Http) -> HeadDeadline {
+    fn new(buf: &[u8], http: &Http) -> HeadDeadline {
         HeadDeadline {
             by: (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout),
-            first,
         }
     }
 
     /// A complete head in `buf`, a refused one, or where to read more (growing `buf` up to
-    /// `client_header_buffer_size` when it is full).
-    fn next(&self, buf: &mut Vec<u8>, http: &Http) -> Next {
+    /// `client_header_buffer_size` when it is full). `first`: the connection's first head.
+    fn next(&self, buf: &mut Vec<u8>, http: &Http, first: bool) -> Next {
         let cap = http.client_header_buffer_size;
         if !buf.is_empty() {
             match request::parse(buf, cap) {
@@ -311,7 +352,7 @@ impl HeadDeadline {
         }
         let wait = match self.by {
             Some(d) => d.saturating_duration_since(Instant::now()),
-            None if self.first => http.client_header_timeout,
+            None if first => http.client_header_timeout,
             None => http.keepalive_timeout,
         };
         if buf.len() == buf.capacity() {

@@ -219,10 +219,6 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
         }
         worker.stats.handled.fetch_add(1, Ordering::Relaxed);
         worker.active.set(worker.active.get() + 1);
-        let w = Rc::clone(&worker);
-        tokio_uring::spawn(async move {
-            conn::serve(stream, peer, Rc::clone(&w)).await;
-            w.active.set(w.active.get().saturating_sub(1));
-        });
+        tokio_uring::spawn(conn::serve(stream, peer, Rc::clone(&worker)));
     }
 }
