@@ -291,8 +291,8 @@ impl Relay<'_> {
     }
 
     /// Moves the rest of `body` to the client with `splice`, after what is pending. `None`
-    /// when no pipe or readiness registration could be had (out of descriptors): nothing
-    /// was moved, and the caller relays through its buffer.
+    /// when no pipe or readiness registration could be had (out of descriptors): no body
+    /// byte was moved, and the caller relays through its buffer.
     async fn splice(
         &self,
         body: &mut SegmentBody,
@@ -304,15 +304,20 @@ impl Relay<'_> {
         let pipes = self.pipes?;
         let src = body.plain_fd()?;
         let mut pipe = Pipes::take(pipes)?;
-        let link = Link::new(src, splice::socket_fd(self.client)).ok()?;
+        // What is pending goes first, through io_uring, while the socket is still blocking.
         if !pending.is_empty() {
             let (res, _) = self.write(std::mem::take(pending), 0).await;
             if res.is_err() {
+                Pipes::give(pipes, pipe);
                 return Some(Spliced::ClientGone);
             }
             *written = true;
             stats.first_write.get_or_insert_with(Instant::now);
         }
+        let Ok(link) = Link::new(src, splice::socket_fd(self.client)) else {
+            Pipes::give(pipes, pipe);
+            return None;
+        };
         let timeouts = Timeouts {
             read: self.upstream.read_timeout(self.block),
             send: self.send_timeout,
