@@ -1,6 +1,7 @@
-//! Spliced relays (`relay_splice on`): large plain-HTTP bodies go socket to
-//! socket, small ones through the buffer, and the pipes they use are reused rather than
-//! piling up as open descriptors.
+//! Relay paths past the plain buffer. Spliced relays (`relay_splice on`): large plain-HTTP
+//! bodies go socket to socket, small ones through the buffer, and the pipes they use are
+//! reused rather than piling up as open descriptors. Large buffers (`relay_large_buffers`):
+//! concurrent long downloads, more than there are large buffers, are all exact.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -51,7 +52,11 @@ fn large_bodies_are_spliced_small_ones_are_not_and_pipes_are_reused() {
     assert!(r.body == full, "body differs");
     let once = spliced();
     assert!(once > 3 * MIB as u64, "{once} bytes spliced");
-    assert!(once <= full.len() as u64, "{once} spliced of {}", full.len());
+    assert!(
+        once <= full.len() as u64,
+        "{once} spliced of {}",
+        full.len()
+    );
 
     // A small tail is not spliced; the head still is.
     let r = tg.get("/apk/sp/small.apk", &[]);
@@ -60,7 +65,10 @@ fn large_bodies_are_spliced_small_ones_are_not_and_pipes_are_reused() {
 
     // Downloads one after another, on one connection and on new ones, reuse one pipe.
     let pipes = open_pipes(&tg);
-    assert!(pipes >= 2, "the idle pipe is kept for the next download: {pipes} pipe ends");
+    assert!(
+        pipes >= 2,
+        "the idle pipe is kept for the next download: {pipes} pipe ends"
+    );
     let mut c = tg.client();
     for i in 0..20 {
         if i % 2 == 0 {
@@ -105,4 +113,41 @@ fn concurrent_spliced_downloads_are_exact() {
         d.join().unwrap();
     }
     assert!(tg.metric("tailgate_spliced_bytes_total") > 24 * 5 * MIB as u64);
+}
+
+#[test]
+fn long_downloads_beyond_the_large_buffers_are_exact() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "lb",
+        bytes(9 * MIB + 3, 71),
+        vec![("a", bytes(5000, 72))],
+    );
+    let tg = Tailgate::start(
+        &conf(&s3.endpoint(), SK, "relay_large_buffers 2 1m;", "")
+            .replace("worker_threads 2;", "worker_threads 1;"),
+    );
+    let addr = tg.addr;
+    let want = pkg.full("a");
+    let downloads: Vec<_> = (0..5)
+        .map(|_| {
+            let want = want.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(&request("GET", "/apk/lb/a.apk", &[]));
+                assert!(c.response(false).unwrap().body == want, "body differs");
+                // A range too short for a large buffer, on the same connection.
+                c.send(&request(
+                    "GET",
+                    "/apk/lb/a.apk",
+                    &[("Range", "bytes=100-200099")],
+                ));
+                assert!(c.response(false).unwrap().body == want[100..200_100]);
+            })
+        })
+        .collect();
+    for d in downloads {
+        d.join().unwrap();
+    }
 }

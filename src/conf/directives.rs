@@ -137,6 +137,7 @@ const SPECS: &[Spec] = &[
     d("send_timeout", Ctx::Http, 1, 1),
     d("relay_buffer_size", Ctx::Http, 1, 1),
     d("relay_splice", Ctx::Http, 1, 1),
+    d("relay_large_buffers", Ctx::Http, 2, 2),
     d("manifest_cache_ttl", Ctx::Http, 1, 1),
     d("manifest_cache_size", Ctx::Http, 1, 1),
     d("max_ranges", Ctx::Http, 1, 1),
@@ -329,6 +330,22 @@ fn http(node: &Node) -> Result<Http, Error> {
         relay_buffer_size: value(nodes, "relay_buffer_size", kb(64), |v| {
             at_least(size(v)?, 4096)
         })?,
+        relay_large_buffers: match find(nodes, "relay_large_buffers") {
+            Some(n) => {
+                let at = |msg: String| {
+                    (
+                        n.line,
+                        format!("{msg} in \"relay_large_buffers\" directive"),
+                    )
+                };
+                let count = number(&n.args[0]).map_err(at)?;
+                let size = size(&n.args[1])
+                    .and_then(|v| at_least(v, 4096))
+                    .map_err(at)?;
+                (count, size)
+            }
+            None => (0, 1 << 20),
+        },
         relay_splice: value(nodes, "relay_splice", false, flag)?,
         manifest_cache_ttl: value(nodes, "manifest_cache_ttl", secs(5), time)?,
         manifest_cache_size: value(nodes, "manifest_cache_size", 1024, number)?,
@@ -675,6 +692,7 @@ mod tests {
         assert_eq!(c.http.manifest_cache_ttl, secs(5));
         assert_eq!(c.http.tail_cache_size, 0);
         assert!(!c.http.relay_splice);
+        assert_eq!(c.http.relay_large_buffers, (0, 1 << 20));
         assert_eq!(c.http.s3[0].retry_backoff, Duration::from_millis(50));
         assert_eq!(c.http.s3[0].secret_access_key, "s3cr3t");
         assert_eq!(c.http.s3[0].region, "us-east-1");
@@ -691,6 +709,8 @@ mod tests {
             ("http {\n listen 1;\n location /a/ {\n  composite nosuch;\n }\n}", "t.conf:4: no s3 block named \"nosuch\""),
             ("http {\n listen 1;\n send_timeout 5x;\n}", "t.conf:3: invalid time \"5x\" in \"send_timeout\" directive"),
             ("http {\n listen 1;\n relay_buffer_size 1q;\n}", "t.conf:3: invalid size \"1q\" in \"relay_buffer_size\" directive"),
+            ("http {\n listen 1;\n relay_large_buffers 8 1x;\n}", "t.conf:3: invalid size \"1x\" in \"relay_large_buffers\" directive"),
+            ("http {\n listen 1;\n relay_large_buffers 8;\n}", "t.conf:3: invalid number of arguments in \"relay_large_buffers\" directive"),
             ("http {\n listen 1;\n\n relay_splice yes;\n}", "t.conf:4: invalid value \"yes\" (on or off) in \"relay_splice\" directive"),
             ("http {\n listen 1;\n send_timeout 1s;\n send_timeout 2s;\n}", "t.conf:4: \"send_timeout\" directive is duplicate"),
             ("http {\n listen 1;\n send_timeout;\n}", "t.conf:3: invalid number of arguments in \"send_timeout\" directive"),

@@ -67,6 +67,8 @@ pub struct Http {
     pub send_timeout: Duration,
     /// One relay buffer; >= 4 KiB.
     pub relay_buffer_size: usize,
+    /// How many large buffers a worker may have in use, and their size (>= 4 KiB).
+    pub relay_large_buffers: (usize, usize),
     /// Plain-HTTP bodies move socket to socket through a pipe (`splice`).
     pub relay_splice: bool,
     pub manifest_cache_ttl: Duration,

@@ -673,6 +673,7 @@ async fn serve_composite(
         send_timeout: st.conf.http.send_timeout,
         tails: &st.tails,
         pipes: st.conf.http.relay_splice.then_some(&st.pipes),
+        large: &st.large,
     };
     let mut stats = RelayStats::default();
     let buf = Vec::with_capacity(st.conf.http.relay_buffer_size);

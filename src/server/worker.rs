@@ -17,6 +17,7 @@ use crate::object::composite::Composite;
 use crate::object::manifest::{Cache, Manifest};
 use crate::object::tail_cache::TailCache;
 use crate::relay::splice::Pipes;
+use crate::relay::LargeBuffers;
 use crate::upstream::Upstream;
 
 use super::conn;
@@ -54,6 +55,8 @@ pub(super) struct State {
     pub tails: RefCell<TailCache>,
     /// Idle pipes for spliced relays, `relay_buffer_size` each.
     pub pipes: RefCell<Pipes>,
+    /// This worker's `relay_large_buffers`.
+    pub large: LargeBuffers,
 }
 
 impl State {
@@ -68,6 +71,7 @@ impl State {
                 http.tail_cache_size / conf.worker_threads.max(1) as u64,
             )),
             pipes: RefCell::new(Pipes::new(http.relay_buffer_size)),
+            large: LargeBuffers::new(http.relay_large_buffers.0, http.relay_large_buffers.1),
             conf,
         })
     }

@@ -66,7 +66,10 @@ pub struct Inner {
 }
 
 /// The fault for the response in flight on one connection, and its bytes so far.
-type Current = Mutex<(Option<Fault>, u64)>;
+/// The fault for the response in flight on a connection, the response bytes relayed, and
+/// the rule it comes from while that rule is not yet spent (a rule is spent by a response
+/// that starts, so a request that gets no response at all leaves it for the next one).
+type Current = Mutex<(Option<Fault>, u64, Option<usize>)>;
 
 impl std::ops::Deref for Relay {
     type Target = Inner;
@@ -117,6 +120,11 @@ impl Inner {
             fault,
             times,
         });
+    }
+
+    /// Drops every rule, spent or not.
+    pub fn clear_rules(&self) {
+        self.rules.lock().unwrap().clear();
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -206,17 +214,15 @@ impl Inner {
                     range,
                 });
                 let mut rules = self.rules.lock().unwrap();
-                let fault = rules
-                    .iter_mut()
-                    .find(|r| r.times > 0 && line.contains(&r.path_contains))
-                    .map(|r| {
-                        r.times -= 1;
-                        r.fault.clone()
-                    });
-                if matches!(fault, Some(Fault::SlowDown)) {
+                let rule = rules
+                    .iter()
+                    .position(|r| r.times > 0 && line.contains(&r.path_contains));
+                let fault = rule.and_then(|i| rules.get(i)).map(|r| r.fault.clone());
+                if let (Some(Fault::SlowDown), Some(i)) = (&fault, rule) {
+                    rules[i].times -= 1;
                     slow_down = true;
                 }
-                *current.lock().unwrap() = (fault, 0);
+                *current.lock().unwrap() = (fault, 0, rule);
             }
             if slow_down {
                 let body = "<Error><Code>SlowDown</Code></Error>";
@@ -241,7 +247,18 @@ impl Inner {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let (fault, sent) = current.lock().unwrap().clone();
+            let (fault, sent) = {
+                let mut cur = current.lock().unwrap();
+                if let Some(i) = cur.2.take() {
+                    // The response starts: spend the rule, unless another connection did.
+                    let mut rules = self.rules.lock().unwrap();
+                    match rules.get_mut(i) {
+                        Some(r) if r.times > 0 => r.times -= 1,
+                        _ => cur.0 = None,
+                    }
+                }
+                (cur.0.clone(), cur.1)
+            };
             let limit = match &fault {
                 Some(Fault::CloseAfter(n) | Fault::ResetAfter(n) | Fault::StallAfter(n, _)) => {
                     Some(*n)
