@@ -110,7 +110,7 @@ pub struct LargeBuffers {
 }
 
 /// How many large buffers long a fetch must be to get one.
-pub const LARGE_FETCH: u64 = 8;
+const LARGE_FETCH: u64 = 8;
 
 impl LargeBuffers {
     pub fn new(count: usize, size: usize) -> LargeBuffers {
@@ -235,26 +235,27 @@ impl Relay<'_> {
                 return self.send_cached(part, pending, written, buf, stats).await;
             }
         }
-        // A long fetch moves through one of the worker's large buffers when one is free.
-        if let Some(slot) = self.large.take(f.end.saturating_sub(f.start)) {
+        // A long fetch moves through one of the worker's large buffers when one is free
+        // (unless it is spliced: then no buffer carries its body).
+        let len = f.end.saturating_sub(f.start);
+        let slot = (!self.splices(len)).then(|| self.large.take(len)).flatten();
+        if let Some(slot) = slot {
             let large = Vec::with_capacity(slot.size());
             let (res, _) = self
-                .stream(f, seg, kind, pending, written, large, stats)
+                .stream(f, (seg, kind), pending, written, large, stats)
                 .await;
             return (res, buf);
         }
-        self.stream(f, seg, kind, pending, written, buf, stats)
+        self.stream(f, (seg, kind), pending, written, buf, stats)
             .await
     }
 
     /// Streams a fetch from upstream through `buf`, with retries and resume: `pos` is the
     /// first object byte the client has not been sent.
-    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         f: Fetch,
-        seg: &Segment,
-        kind: Kind,
+        (seg, kind): (&Segment, Kind),
         pending: &mut Vec<u8>,
         written: &mut bool,
         buf: Vec<u8>,
