@@ -386,7 +386,13 @@ fn a_failure_on_a_reused_connection_gets_a_free_retry() {
 
 #[test]
 fn clients_that_abort_or_stall_release_their_upstream_connection() {
-    let (_s3, relay, tg, pkg) = relay_setup("retries 0;");
+    for mode in MODES {
+        aborting_clients_release_upstream(mode);
+    }
+}
+
+fn aborting_clients_release_upstream(mode: &str) {
+    let (_s3, relay, tg, pkg) = relay_setup_with(mode, "retries 0;");
     // 1. A client reads 100 KB of a 6 MiB body and goes away.
     {
         let mut c = tg.client();
@@ -402,7 +408,7 @@ fn clients_that_abort_or_stall_release_their_upstream_connection() {
     while relay.open_now.load(Ordering::SeqCst) > 0 {
         assert!(
             Instant::now() < deadline,
-            "upstream connection still open: {:?}",
+            "{mode}: upstream connection still open: {:?}",
             relay.events()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -416,6 +422,12 @@ fn clients_that_abort_or_stall_release_their_upstream_connection() {
 
 #[test]
 fn a_client_slower_than_send_timeout_is_cut() {
+    for mode in MODES {
+        cut_after_send_timeout(mode);
+    }
+}
+
+fn cut_after_send_timeout(mode: &str) {
     let s3 = S3::start();
     let pkg = upload_package(
         &s3,
@@ -424,19 +436,27 @@ fn a_client_slower_than_send_timeout_is_cut() {
         vec![("ch", bytes(1000, 42))],
     );
     let relay = Relay::start(s3.addr);
-    let tg = Tailgate::start(&conf(&relay.endpoint(), SK, "send_timeout 1s;", ""));
+    let tg = Tailgate::start(&conf(
+        &relay.endpoint(),
+        SK,
+        &format!("send_timeout 1s; {mode}"),
+        "",
+    ));
     let r = slow(vec![(2 * MIB, Duration::from_secs(3))]).get(
         tg.addr,
         "/apk/st/ch.apk",
         16 * MIB + 1000,
     );
-    assert!(r.cut_short, "the connection must be closed");
+    assert!(r.cut_short, "{mode}: the connection must be closed");
     let full = pkg.full("ch");
     assert!(r.body.len() < full.len() && r.body == full[..r.body.len()]);
     assert_no_close_wait(&tg);
     let deadline = Instant::now() + Duration::from_secs(5);
     while relay.open_now.load(Ordering::SeqCst) > 1 {
-        assert!(Instant::now() < deadline, "upstream connections left open");
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: upstream connections left open"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
