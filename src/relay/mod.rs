@@ -53,7 +53,8 @@ pub struct Stats {
     pub resumes: u32,
     /// Time spent waiting on upstream requests and reads.
     pub upstream_time: Duration,
-    /// When the first response byte (with the head) was written.
+    /// When the first response byte (with the head) was written; `None` while nothing was,
+    /// so a failure can still be answered with an error status.
     pub first_write: Option<Instant>,
 }
 
@@ -167,18 +168,19 @@ impl Relay<'_> {
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
         let mut pending: Vec<u8> = Vec::new();
-        let mut written = false;
         let mut buf = buf;
         for piece in pieces {
             match piece {
                 Piece::Bytes(b) => pending.extend_from_slice(&b),
                 Piece::Fetch(f) => {
-                    let (res, back) = self.fetch(f, &mut pending, &mut written, buf, stats).await;
+                    let (res, back) = self.fetch(f, &mut pending, buf, stats).await;
                     buf = back;
                     match res {
                         Ok(End::Complete) => {}
                         Ok(end) => return (Ok(end), buf),
-                        Err(e) if written => return (Ok(End::Truncated(e)), buf),
+                        Err(e) if stats.first_write.is_some() => {
+                            return (Ok(End::Truncated(e)), buf)
+                        }
                         Err(e) => return (Err(e), buf),
                     }
                 }
@@ -198,7 +200,6 @@ impl Relay<'_> {
         &self,
         f: Fetch,
         pending: &mut Vec<u8>,
-        written: &mut bool,
         buf: Vec<u8>,
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
@@ -232,7 +233,7 @@ impl Relay<'_> {
             if let Some(bytes) = cached {
                 let at = |p: u64| usize::try_from(p.saturating_sub(seg.offset)).unwrap_or(0);
                 let part = bytes.get(at(f.start)..at(f.end)).unwrap_or_default();
-                return self.send_cached(part, pending, written, buf, stats).await;
+                return self.send_cached(part, pending, buf, stats).await;
             }
         }
         // A long fetch moves through one of the worker's large buffers when one is free
@@ -241,13 +242,10 @@ impl Relay<'_> {
         let slot = (!self.splices(len)).then(|| self.large.take(len)).flatten();
         if let Some(slot) = slot {
             let large = Vec::with_capacity(slot.size());
-            let (res, _) = self
-                .stream(f, (seg, kind), pending, written, large, stats)
-                .await;
+            let (res, _) = self.stream(f, (seg, kind), pending, large, stats).await;
             return (res, buf);
         }
-        self.stream(f, (seg, kind), pending, written, buf, stats)
-            .await
+        self.stream(f, (seg, kind), pending, buf, stats).await
     }
 
     /// Streams a fetch from upstream through `buf`, with retries and resume: `pos` is the
@@ -257,7 +255,6 @@ impl Relay<'_> {
         f: Fetch,
         (seg, kind): (&Segment, Kind),
         pending: &mut Vec<u8>,
-        written: &mut bool,
         buf: Vec<u8>,
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
@@ -303,7 +300,7 @@ impl Relay<'_> {
             };
             loop {
                 // The bytes in `buf` are good even when the read after them fails.
-                let (sent, back) = self.send(buf, pending, written, stats).await;
+                let (sent, back) = self.send(buf, pending, stats).await;
                 buf = back;
                 let Ok(n) = sent else {
                     self.upstream.discard(body);
@@ -317,7 +314,7 @@ impl Relay<'_> {
                     break;
                 }
                 if self.splices(body.remaining()) {
-                    let spliced = self.splice(&mut body, pending, written, &mut pos, stats);
+                    let spliced = self.splice(&mut body, pending, &mut pos, stats);
                     match spliced.await {
                         None => {}
                         Some(Spliced::Complete) => {
@@ -346,7 +343,7 @@ impl Relay<'_> {
                 buf = back;
                 if let Err(e) = res {
                     self.upstream.record(kind, Err(&e));
-                    let (sent, back) = self.send(buf, pending, written, stats).await;
+                    let (sent, back) = self.send(buf, pending, stats).await;
                     buf = back;
                     let Ok(n) = sent else {
                         return (Ok(End::ClientGone), buf);
@@ -376,7 +373,6 @@ impl Relay<'_> {
         &self,
         body: &mut SegmentBody,
         pending: &mut Vec<u8>,
-        written: &mut bool,
         pos: &mut u64,
         stats: &mut Stats,
     ) -> Option<Spliced> {
@@ -390,7 +386,6 @@ impl Relay<'_> {
                 Pipes::give(pipes, pipe);
                 return Some(Spliced::ClientGone);
             }
-            *written = true;
             stats.first_write.get_or_insert_with(Instant::now);
         }
         let Ok(link) = Link::new(src, splice::socket_fd(self.client)) else {
@@ -414,7 +409,6 @@ impl Relay<'_> {
         stats.upstream_bytes = stats.upstream_bytes.saturating_add(moved.read);
         stats.body_bytes = stats.body_bytes.saturating_add(moved.written);
         if moved.written > 0 {
-            *written = true;
             stats.first_write.get_or_insert_with(Instant::now);
         }
         Some(match res {
@@ -482,7 +476,6 @@ impl Relay<'_> {
         &self,
         part: &[u8],
         pending: &mut Vec<u8>,
-        written: &mut bool,
         buf: Vec<u8>,
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
@@ -490,7 +483,7 @@ impl Relay<'_> {
         for chunk in part.chunks(buf.capacity().max(1)) {
             buf.clear();
             buf.extend_from_slice(chunk);
-            let (sent, back) = self.send(buf, pending, written, stats).await;
+            let (sent, back) = self.send(buf, pending, stats).await;
             buf = back;
             if sent.is_err() {
                 return (Ok(End::ClientGone), buf);
@@ -505,7 +498,6 @@ impl Relay<'_> {
         &self,
         buf: Vec<u8>,
         pending: &mut Vec<u8>,
-        written: &mut bool,
         stats: &mut Stats,
     ) -> (Result<u64, ()>, Vec<u8>) {
         if buf.is_empty() {
@@ -520,7 +512,6 @@ impl Relay<'_> {
         if res.is_err() {
             return (Err(()), buf);
         }
-        *written = true;
         stats.first_write.get_or_insert_with(Instant::now);
         stats.body_bytes = stats.body_bytes.saturating_add(n);
         buf.clear();
