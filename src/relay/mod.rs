@@ -101,6 +101,48 @@ pub struct Relay<'a> {
     pub large: &'a LargeBuffers,
 }
 
+/// A worker's idle relay buffers (`relay_buffer_size` each), reused instead of allocated for
+/// every request: a fresh 256 KiB allocation is glibc's slowest path (it consolidates the
+/// small free chunks first). At most [`IDLE_BUFFER_BYTES`] of them are kept idle.
+pub struct Buffers {
+    size: usize,
+    keep: usize,
+    idle: RefCell<Vec<Vec<u8>>>,
+}
+
+/// What a worker's idle relay buffers may add up to. Only the pages a transfer touched are
+/// resident: a pool warmed by 4 KiB ranges holds a few KiB per buffer.
+pub const IDLE_BUFFER_BYTES: usize = 16 << 20;
+
+impl Buffers {
+    pub fn new(size: usize) -> Buffers {
+        let keep = (IDLE_BUFFER_BYTES / size.max(1)).clamp(1, 1024);
+        Buffers {
+            size,
+            keep,
+            idle: RefCell::new(Vec::with_capacity(keep)),
+        }
+    }
+
+    /// An empty buffer of `relay_buffer_size` capacity.
+    pub fn take(&self) -> Vec<u8> {
+        self.idle
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Keeps `buf` for the next request when it is a whole relay buffer and the pool is not
+    /// full; frees it otherwise.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        let mut idle = self.idle.borrow_mut();
+        if buf.capacity() == self.size && idle.len() < self.keep {
+            buf.clear();
+            idle.push(buf);
+        }
+    }
+}
+
 /// A worker's large relay buffers (`relay_large_buffers N S`): a fetch of at least
 /// [`LARGE_FETCH`] × S bytes moves through a buffer of S instead of the relay buffer while
 /// fewer than N such fetches are under way. Measured: whole-file downloads with 1 MiB
@@ -151,6 +193,10 @@ impl Drop for LargeSlot<'_> {
     }
 }
 
+/// Body bytes up to which our pending bytes are copied in front of them rather than sent
+/// with them by `writev`.
+const COALESCE: usize = 32 * 1024;
+
 /// How a spliced part of a body ended.
 enum Spliced {
     Complete,
@@ -171,6 +217,7 @@ impl Relay<'_> {
         let mut buf = buf;
         for piece in pieces {
             match piece {
+                Piece::Bytes(b) if pending.is_empty() => pending = b,
                 Piece::Bytes(b) => pending.extend_from_slice(&b),
                 Piece::Fetch(f) => {
                     let (res, back) = self.fetch(f, &mut pending, buf, stats).await;
@@ -506,6 +553,16 @@ impl Relay<'_> {
         let n = buf.len() as u64;
         let (res, mut buf) = if pending.is_empty() {
             self.write(buf, 0).await
+        } else if buf.len() <= COALESCE && buf.len() + pending.len() <= buf.capacity() {
+            // A short body goes out behind our bytes in its own buffer: one plain write,
+            // and no iovec array allocated for a writev.
+            let mut buf = buf;
+            let body = buf.len();
+            buf.extend_from_slice(pending);
+            buf.copy_within(..body, pending.len());
+            buf[..pending.len()].copy_from_slice(pending);
+            pending.clear();
+            self.write(buf, 0).await
         } else {
             self.write_pair(std::mem::take(pending), buf).await
         };
@@ -581,6 +638,30 @@ impl Relay<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_are_reused_up_to_the_idle_bound() {
+        let pool = Buffers::new(IDLE_BUFFER_BYTES / 2);
+        let (a, mut b, c) = (pool.take(), pool.take(), pool.take());
+        assert_eq!(a.capacity(), IDLE_BUFFER_BYTES / 2);
+        let (at_a, at_b) = (a.as_ptr(), b.as_ptr());
+        b.extend_from_slice(b"left over");
+        pool.give(a);
+        pool.give(b);
+        pool.give(c);
+        assert_eq!(pool.idle.borrow().len(), 2, "at most 16 MiB idle");
+        let again = pool.take();
+        assert!(again.is_empty(), "given back cleared");
+        assert_eq!(again.as_ptr(), at_b, "the same allocation");
+        let last = pool.take();
+        assert_eq!(last.as_ptr(), at_a);
+        pool.give(Vec::with_capacity(10));
+        assert!(
+            pool.idle.borrow().is_empty(),
+            "a buffer of another size is not kept"
+        );
+        assert_eq!(Buffers::new(1 << 30).keep, 1);
+    }
 
     #[test]
     fn large_buffers_go_to_long_fetches_while_one_is_free() {

@@ -676,8 +676,8 @@ async fn serve_composite(
         large: &st.large,
     };
     let mut stats = RelayStats::default();
-    let buf = Vec::with_capacity(st.conf.http.relay_buffer_size);
-    let (res, _buf) = relay.run(pieces, buf, &mut stats).await;
+    let (res, buf) = relay.run(pieces, st.buffers.take(), &mut stats).await;
+    st.buffers.give(buf);
     if stats.resumes > 0 {
         log::warning!(
             "{}: resumed {} times after upstream failures ({} upstream requests)",

@@ -17,7 +17,7 @@ use crate::object::composite::Composite;
 use crate::object::manifest::{Cache, Manifest};
 use crate::object::tail_cache::TailCache;
 use crate::relay::splice::Pipes;
-use crate::relay::LargeBuffers;
+use crate::relay::{Buffers, LargeBuffers};
 use crate::upstream::Upstream;
 
 use super::conn;
@@ -57,6 +57,8 @@ pub(super) struct State {
     pub pipes: RefCell<Pipes>,
     /// This worker's `relay_large_buffers`.
     pub large: LargeBuffers,
+    /// Idle relay buffers, `relay_buffer_size` each.
+    pub buffers: Buffers,
 }
 
 impl State {
@@ -72,6 +74,7 @@ impl State {
             )),
             pipes: RefCell::new(Pipes::new(http.relay_buffer_size)),
             large: LargeBuffers::new(http.relay_large_buffers.0, http.relay_large_buffers.1),
+            buffers: Buffers::new(http.relay_buffer_size),
             conf,
         })
     }
