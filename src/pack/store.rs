@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use rustls::pki_types::ServerName;
 
 use crate::conf::{Addressing, Scheme, S3};
-use crate::upstream::response::{self, Parsed, UpstreamHead};
+use crate::upstream::response::{self, Meta, Parsed};
+use crate::upstream::s3::Ask;
 use crate::upstream::{s3, transport};
 
 pub(super) enum Store {
@@ -58,8 +59,12 @@ impl Store {
             }
             Store::S3(signer) => {
                 let conf = signer.conf();
-                let head =
-                    signer.request_head("PUT", key, None, None, Some(len), SystemTime::now())?;
+                let mut head = Vec::new();
+                let ask = Ask {
+                    content_length: Some(len),
+                    ..Ask::whole("PUT", key)
+                };
+                signer.request_head(&ask, SystemTime::now(), &mut head)?;
                 let mut conn = connect(conf)?;
                 conn.write_all(&head)
                     .map_err(|e| format!("PUT {key}: {e}"))?;
@@ -86,7 +91,8 @@ impl Store {
             Store::Dir(_) => Ok(None),
             Store::S3(signer) => {
                 let conf = signer.conf();
-                let head = signer.request_head("HEAD", key, None, None, None, SystemTime::now())?;
+                let mut head = Vec::new();
+                signer.request_head(&Ask::whole("HEAD", key), SystemTime::now(), &mut head)?;
                 let mut conn = connect(conf)?;
                 conn.write_all(&head)
                     .map_err(|e| format!("HEAD {key}: {e}"))?;
@@ -114,7 +120,8 @@ impl Store {
             },
             Store::S3(signer) => {
                 let conf = signer.conf();
-                let head = signer.request_head("GET", key, None, None, None, SystemTime::now())?;
+                let mut head = Vec::new();
+                signer.request_head(&Ask::whole("GET", key), SystemTime::now(), &mut head)?;
                 let mut conn = connect(conf)?;
                 conn.write_all(&head)
                     .map_err(|e| format!("GET {key}: {e}"))?;
@@ -183,7 +190,7 @@ fn connect(conf: &S3) -> Result<Box<dyn Stream>, String> {
     Err(last)
 }
 
-fn read_head_only(conn: &mut dyn Stream) -> io::Result<(UpstreamHead, Vec<u8>)> {
+fn read_head_only(conn: &mut dyn Stream) -> io::Result<(Meta, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -198,7 +205,7 @@ fn read_head_only(conn: &mut dyn Stream) -> io::Result<(UpstreamHead, Vec<u8>)> 
         match response::parse(&buf) {
             Ok(Parsed::Complete(h)) => {
                 let rest = buf.split_off(h.len);
-                return Ok((h, rest));
+                return Ok((h.meta(&buf), rest));
             }
             Ok(Parsed::Partial) => {}
             Err(r) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{r:?}"))),
@@ -206,7 +213,7 @@ fn read_head_only(conn: &mut dyn Stream) -> io::Result<(UpstreamHead, Vec<u8>)> 
     }
 }
 
-fn read_response(conn: &mut dyn Stream, max: usize) -> io::Result<(UpstreamHead, Vec<u8>)> {
+fn read_response(conn: &mut dyn Stream, max: usize) -> io::Result<(Meta, Vec<u8>)> {
     let (head, mut body) = read_head_only(conn)?;
     let len = head.content_length.unwrap_or(0);
     let len = usize::try_from(len)

@@ -15,14 +15,14 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use rustls::ClientConfig;
 
 use crate::conf::{Addressing, Scheme, S3};
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
 use pool::Pool;
-use response::{Parsed, Refusal, UpstreamHead};
+use response::{Meta, Parsed, Refusal, UpstreamHead};
+use s3::Ask;
 use transport::Transport;
 
 /// The longest a whole retry sequence may sleep, whatever `retries` and `retry_backoff` say.
@@ -271,32 +271,18 @@ impl Upstream {
         first_read: usize,
         buf: Vec<u8>,
     ) -> (Result<SegmentBody, UpstreamError>, Vec<u8>) {
-        let Some(b) = self.blocks.get(block) else {
-            return (
-                Err(UpstreamError::new(ErrorKind::Sign(
-                    "no such s3 block".into(),
-                ))),
-                buf,
-            );
-        };
         let last = end.saturating_sub(1);
-        let head = match b.signer.request_head(
-            "GET",
-            &seg.key,
-            Some((start, last)),
-            Some(&seg.etag),
-            None,
-            SystemTime::now(),
-        ) {
-            Ok(h) => h,
-            Err(e) => return (Err(UpstreamError::new(ErrorKind::Sign(e))), buf),
+        let ask = Ask {
+            range: Some((start, last)),
+            if_match: Some(&seg.etag),
+            ..Ask::whole("GET", &seg.key)
         };
-        let (res, mut buf) = self.exchange(block, head, buf, first_read).await;
+        let (res, mut buf) = self.exchange(block, &ask, buf, first_read).await;
         let (transport, resp) = match res {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
         };
-        if let Err(r) = response::verify_segment(&resp, start, last, &seg.etag) {
+        if let Err(r) = response::verify_segment(&resp, &buf, start, last, &seg.etag) {
             transport.shutdown();
             return (Err(UpstreamError::new(ErrorKind::Refused(r))), buf);
         }
@@ -387,7 +373,7 @@ impl Upstream {
         method: &str,
         key: &str,
         max: usize,
-    ) -> Result<(UpstreamHead, Vec<u8>), UpstreamError> {
+    ) -> Result<(Meta, Vec<u8>), UpstreamError> {
         let retries = self.retries(block);
         let mut attempt = 0;
         let mut slept = Duration::ZERO;
@@ -445,19 +431,11 @@ impl Upstream {
         method: &str,
         key: &str,
         max: usize,
-    ) -> Result<(UpstreamHead, Vec<u8>), UpstreamError> {
-        let b = self
-            .blocks
-            .get(block)
-            .ok_or_else(|| UpstreamError::new(ErrorKind::Sign("no such s3 block".into())))?;
-        let head = b
-            .signer
-            .request_head(method, key, None, None, None, SystemTime::now())
-            .map_err(|e| UpstreamError::new(ErrorKind::Sign(e)))?;
+    ) -> Result<(Meta, Vec<u8>), UpstreamError> {
         let (res, mut buf) = self
             .exchange(
                 block,
-                head,
+                &Ask::whole(method, key),
                 Vec::with_capacity(response::MAX_UPSTREAM_HEAD),
                 response::MAX_UPSTREAM_HEAD,
             )
@@ -480,7 +458,7 @@ impl Upstream {
                 keep_alive: resp.keep_alive,
                 _active: Active::new(&self.stats),
             });
-            return Ok((resp, Vec::new()));
+            return Ok((resp.meta(&buf), Vec::new()));
         }
         let Some(len) = resp.content_length else {
             return fail(
@@ -492,6 +470,7 @@ impl Upstream {
             Ok(l) if l <= max => l,
             _ => return fail(transport, ErrorKind::TooLarge),
         };
+        let meta = resp.meta(&buf);
         buf.drain(..resp.len);
         if buf.len() > len {
             return fail(
@@ -515,22 +494,22 @@ impl Upstream {
             res?;
         }
         self.release(seg);
-        Ok((resp, body))
+        Ok((meta, body))
     }
 
-    /// Sends `head` on a pooled or fresh connection and reads the response head into `buf`
-    /// (which then also holds any body bytes that came with it, up to `limit` bytes in all;
+    /// Sends the request `ask` on a pooled or fresh connection and reads the response head
+    /// into `buf`, which also carries the signed request head out (which then also holds any
+    /// body bytes that came with it, up to `limit` bytes in all;
     /// a head must fit in `limit` and the buffer). A failure on a reused
     /// connection before any response byte is retried once on a fresh one, as nginx and
     /// Pingora do: the peer may have closed it just as it was taken.
     async fn exchange(
         &self,
         block: usize,
-        head: Vec<u8>,
+        ask: &Ask<'_>,
         buf: Vec<u8>,
         limit: usize,
     ) -> (Result<(Transport, UpstreamHead), UpstreamError>, Vec<u8>) {
-        let head = Bytes::from(head);
         let Some(b) = self.blocks.get(block) else {
             return (
                 Err(UpstreamError::new(ErrorKind::Sign(
@@ -546,9 +525,7 @@ impl Upstream {
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
-            let (res, back) = self
-                .exchange_on(block, t, Bytes::clone(&head), buf, limit)
-                .await;
+            let (res, back) = self.exchange_on(block, t, ask, buf, limit).await;
             buf = back;
             match res {
                 Ok(v) => return (Ok(v), buf),
@@ -569,7 +546,7 @@ impl Upstream {
             Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
             Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
         };
-        let (res, buf) = self.exchange_on(block, t, head, buf, limit).await;
+        let (res, buf) = self.exchange_on(block, t, ask, buf, limit).await;
         (res.map_err(|(e, _)| e), buf)
     }
 
@@ -578,7 +555,7 @@ impl Upstream {
         &self,
         block: usize,
         mut t: Transport,
-        head: Bytes,
+        ask: &Ask<'_>,
         buf: Vec<u8>,
         limit: usize,
     ) -> (
@@ -587,19 +564,31 @@ impl Upstream {
     ) {
         let timeout = self.read_timeout(block);
         let cap = buf.capacity();
-        let write = tokio::time::timeout(timeout, t.write_all(head)).await;
-        match write {
-            Ok((Ok(()), _)) => {}
-            Ok((Err(e), _)) => {
+        let mut buf = buf;
+        buf.clear();
+        let signed = match self.blocks.get(block) {
+            Some(b) => b.signer.request_head(ask, SystemTime::now(), &mut buf),
+            None => Err("no such s3 block".into()),
+        };
+        if let Err(e) = signed {
+            t.shutdown();
+            return (Err((UpstreamError::new(ErrorKind::Sign(e)), false)), buf);
+        }
+        let write = tokio::time::timeout(timeout, t.write_all(buf)).await;
+        let mut buf = match write {
+            Ok((Ok(()), buf)) => buf,
+            Ok((Err(e), buf)) => {
                 t.shutdown();
                 return (Err((UpstreamError::new(ErrorKind::Io(e)), false)), buf);
             }
             Err(_) => {
                 t.shutdown();
-                return (Err((UpstreamError::new(ErrorKind::Timeout), false)), buf);
+                return (
+                    Err((UpstreamError::new(ErrorKind::Timeout), false)),
+                    Vec::with_capacity(cap),
+                );
             }
-        }
-        let mut buf = buf;
+        };
         buf.clear();
         let limit = limit.min(buf.capacity());
         loop {

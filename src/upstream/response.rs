@@ -5,19 +5,64 @@
 /// Upstream heads larger than this are refused.
 pub const MAX_UPSTREAM_HEAD: usize = 16 * 1024;
 
+/// A parsed head. Its text fields are [`Span`]s of the buffer it was parsed from, so
+/// parsing allocates nothing; [`UpstreamHead::meta`] copies out what must outlive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamHead {
     pub status: u16,
     pub content_length: Option<u64>,
-    pub content_range: Option<String>,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    pub content_type: Option<String>,
+    pub content_range: Option<Span>,
+    pub etag: Option<Span>,
+    pub last_modified: Option<Span>,
+    pub content_type: Option<Span>,
     /// False when the server said `Connection: close` or spoke HTTP/1.0 without keep-alive.
     pub keep_alive: bool,
     pub chunked: bool,
     /// Bytes of the input that belong to the head.
     pub len: usize,
+}
+
+/// Where a header value (trimmed) lies in the parsed buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    /// The value in `buf` (the buffer the head was parsed from); `None` if it is not UTF-8.
+    pub fn text(self, buf: &[u8]) -> Option<&str> {
+        std::str::from_utf8(buf.get(self.start..self.end)?).ok()
+    }
+}
+
+/// A head's status, length, validators and type as owned values, for what outlives the
+/// buffer it was read into (object metadata, pack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub status: u16,
+    pub content_length: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub content_type: Option<String>,
+}
+
+impl UpstreamHead {
+    /// The text of a field of this head; `buf` is the buffer it was parsed from.
+    pub fn text<'b>(&self, field: Option<Span>, buf: &'b [u8]) -> Option<&'b str> {
+        field.and_then(|s| s.text(buf))
+    }
+
+    pub fn meta(&self, buf: &[u8]) -> Meta {
+        let owned = |f: Option<Span>| self.text(f, buf).map(str::to_string);
+        Meta {
+            status: self.status,
+            content_length: self.content_length,
+            etag: owned(self.etag),
+            last_modified: owned(self.last_modified),
+            content_type: owned(self.content_type),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,34 +107,45 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Refusal> {
         chunked: false,
         len,
     };
+    let base = buf.as_ptr() as usize;
     for h in resp.headers.iter() {
-        let value = || String::from_utf8_lossy(h.value).trim().to_string();
+        let value = trim(h.value);
+        // httparse hands out slices of `buf`: the value's place in it is its span.
+        let start = if value.is_empty() {
+            0
+        } else {
+            (value.as_ptr() as usize).saturating_sub(base)
+        };
+        let span = Some(Span {
+            start,
+            end: start + value.len(),
+        });
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let v = value();
-            let n = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| v.parse::<u64>().ok())
-                .flatten()
-                .ok_or(Refusal::Malformed("invalid upstream Content-Length"))?;
+            let n = decimal(value).ok_or(Refusal::Malformed("invalid upstream Content-Length"))?;
             if head.content_length.is_some_and(|c| c != n) {
                 return Err(Refusal::Malformed("differing upstream Content-Length"));
             }
             head.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("content-range") {
-            head.content_range = Some(value());
+            head.content_range = span;
         } else if name.eq_ignore_ascii_case("etag") {
-            head.etag = Some(value());
+            head.etag = span;
         } else if name.eq_ignore_ascii_case("last-modified") {
-            head.last_modified = Some(value());
+            head.last_modified = span;
         } else if name.eq_ignore_ascii_case("content-type") {
-            head.content_type = Some(value());
+            head.content_type = span;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
-            let v = value().to_ascii_lowercase();
-            if v.split(',').any(|t| t.trim() == "close") {
+            let has = |token: &[u8]| {
+                value
+                    .split(|&b| b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(token))
+            };
+            if has(b"close") {
                 head.keep_alive = false;
-            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+            } else if has(b"keep-alive") {
                 head.keep_alive = true;
             }
         }
@@ -102,9 +158,29 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Refusal> {
     Ok(Parsed::Complete(head))
 }
 
-/// Checks a response to `Range: bytes=first-last` with `If-Match: etag`.
+/// HTTP whitespace (space, tab) trimmed from both ends.
+fn trim(v: &[u8]) -> &[u8] {
+    let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !is_ws(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+/// A non-empty run of ASCII digits as a number.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Checks a response to `Range: bytes=first-last` with `If-Match: etag`; `buf` is the
+/// buffer the head was parsed from.
 pub fn verify_segment(
     head: &UpstreamHead,
+    buf: &[u8],
     first: u64,
     last: u64,
     etag: &str,
@@ -113,24 +189,30 @@ pub fn verify_segment(
         return Err(Refusal::Status(head.status));
     }
     let range = head
-        .content_range
-        .as_deref()
+        .text(head.content_range, buf)
         .ok_or(Refusal::Mismatch("206 without Content-Range"))?;
     let (span, total) = range
         .strip_prefix("bytes ")
         .and_then(|r| r.split_once('/'))
         .ok_or(Refusal::Mismatch("malformed Content-Range"))?;
-    if span != format!("{first}-{last}") {
+    // Exactly the digits asked for: no sign, no leading zeros, no spaces.
+    let exact = |text: &str, n: u64| {
+        decimal(text.as_bytes()) == Some(n) && (text == "0" || !text.starts_with('0'))
+    };
+    if !span
+        .split_once('-')
+        .is_some_and(|(a, b)| exact(a, first) && exact(b, last))
+    {
         return Err(Refusal::Mismatch(
             "Content-Range is not the requested range",
         ));
     }
-    if total != "*" && total.parse::<u64>().map_or(true, |t| t <= last) {
+    if total != "*" && decimal(total.as_bytes()).is_none_or(|t| t <= last) {
         return Err(Refusal::Mismatch(
             "Content-Range total does not cover the range",
         ));
     }
-    if head.etag.as_deref() != Some(etag) {
+    if head.text(head.etag, buf) != Some(etag) {
         return Err(Refusal::Mismatch("ETag differs from the manifest's"));
     }
     let want = last.checked_sub(first).and_then(|n| n.checked_add(1));
@@ -162,12 +244,24 @@ mod tests {
         assert!(h.keep_alive);
         assert!(!head("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
+        assert!(head("HTTP/1.0 200 OK\r\nConnection: Foo, Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.1 200 OK\r\nConnection:  CLOSE \r\n\r\n").keep_alive);
+        let raw =
+            "HTTP/1.1 200 OK\r\nETag:  \"e\" \t\r\nLast-Modified: \r\nContent-Type: a/b\r\n\r\n";
+        let meta = head(raw).meta(raw.as_bytes());
+        assert_eq!(meta.etag.as_deref(), Some("\"e\""));
+        assert_eq!(meta.last_modified.as_deref(), Some(""));
+        assert_eq!(meta.content_type.as_deref(), Some("a/b"));
+        assert_eq!(meta.content_length, None);
         assert_eq!(parse(b"HTTP/1.1 206 Part"), Ok(Parsed::Partial));
     }
 
     #[test]
     fn segment_checks_are_exact() {
-        assert_eq!(verify_segment(&head(OK), 100, 109, "\"abc\""), Ok(()));
+        assert_eq!(
+            verify_segment(&head(OK), OK.as_bytes(), 100, 109, "\"abc\""),
+            Ok(())
+        );
         let cases = [
             (
                 OK.replace("206 Partial Content", "200 OK"),
@@ -186,6 +280,18 @@ mod tests {
                 Refusal::Mismatch("Content-Range total does not cover the range"),
             ),
             (
+                OK.replace("100-109", "0100-109"),
+                Refusal::Mismatch("Content-Range is not the requested range"),
+            ),
+            (
+                OK.replace("100-109", "+100-109"),
+                Refusal::Mismatch("Content-Range is not the requested range"),
+            ),
+            (
+                OK.replace("100-109", "100-109-"),
+                Refusal::Mismatch("Content-Range is not the requested range"),
+            ),
+            (
                 OK.replace("bytes 100", "items 100"),
                 Refusal::Mismatch("malformed Content-Range"),
             ),
@@ -200,13 +306,19 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(
-                verify_segment(&head(&raw), 100, 109, "\"abc\""),
+                verify_segment(&head(&raw), raw.as_bytes(), 100, 109, "\"abc\""),
                 Err(want),
                 "{raw}"
             );
         }
+        let star = OK.replace("/5000", "/*");
         assert_eq!(
-            verify_segment(&head(&OK.replace("/5000", "/*")), 100, 109, "\"abc\""),
+            verify_segment(&head(&star), star.as_bytes(), 100, 109, "\"abc\""),
+            Ok(())
+        );
+        let zero = OK.replace("100-109", "0-9");
+        assert_eq!(
+            verify_segment(&head(&zero), zero.as_bytes(), 0, 9, "\"abc\""),
             Ok(())
         );
     }

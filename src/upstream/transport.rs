@@ -7,7 +7,6 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 use tokio_uring::buf::BoundedBuf;
@@ -90,7 +89,7 @@ impl Transport {
 
     /// Writes a request head; `Bytes` so a retry on a fresh connection resends it without
     /// a copy.
-    pub async fn write_all(&mut self, buf: Bytes) -> (io::Result<()>, Bytes) {
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Transport::Plain(s) => s.write_all(buf).await,
             Transport::Tls(t) => {
