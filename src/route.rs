@@ -3,21 +3,24 @@
 //! the key (`.`/`..` segments, `%2F`, backslashes, `%00`, control bytes, bad escapes,
 //! invalid UTF-8 such as overlong encodings) is refused here, before any key is built.
 
+use std::borrow::Cow;
+
 use crate::conf::{Handler, Location, LocationMatch};
 
+/// What serves a request; the names borrow from the decoded path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Variant `variant` of the manifest at `manifest_key`; `file_name` is the URL's last
-    /// segment, kept for Content-Disposition.
+pub enum Route<'a> {
+    /// Variant `variant` of the package whose manifest is `{package}/manifest.json`;
+    /// `file_name` is the URL's last segment, kept for Content-Disposition.
     Composite {
         s3: usize,
-        manifest_key: String,
-        variant: String,
-        file_name: String,
+        package: &'a str,
+        variant: &'a str,
+        file_name: &'a str,
     },
     Object {
         s3: usize,
-        key: String,
+        key: &'a str,
     },
     StubStatus,
     Metrics,
@@ -31,14 +34,19 @@ pub enum RouteError {
     NotFound,
 }
 
-/// Decodes `target` (path and query, origin form) and finds what serves it.
-pub fn route(locations: &[Location], target: &str) -> Result<Route, RouteError> {
+/// The path of `target` (path and query, origin form), percent-decoded once and checked
+/// ([`decode_path`]); borrowed when it has no escapes.
+pub fn decode(target: &str) -> Result<Cow<'_, str>, RouteError> {
     let raw_path = target.split_once('?').map_or(target, |(p, _)| p);
-    let path = decode_path(raw_path)?;
-    let location = find(locations, &path).ok_or(RouteError::NotFound)?;
+    decode_path(raw_path)
+}
+
+/// Finds what serves a decoded `path`.
+pub fn route<'a>(locations: &[Location], path: &'a str) -> Result<Route<'a>, RouteError> {
+    let location = find(locations, path).ok_or(RouteError::NotFound)?;
     let rest = match &location.matcher {
         LocationMatch::Exact(_) => "",
-        LocationMatch::Prefix(p) => &path[p.len()..],
+        LocationMatch::Prefix(p) => path.get(p.len()..).unwrap_or_default(),
     };
     match location.handler {
         Handler::StubStatus => Ok(Route::StubStatus),
@@ -49,7 +57,7 @@ pub fn route(locations: &[Location], target: &str) -> Result<Route, RouteError> 
             }
             Ok(Route::Object {
                 s3,
-                key: rest.trim_start_matches('/').to_string(),
+                key: rest.trim_start_matches('/'),
             })
         }
         Handler::Composite(s3) => {
@@ -61,12 +69,17 @@ pub fn route(locations: &[Location], target: &str) -> Result<Route, RouteError> 
             }
             Ok(Route::Composite {
                 s3,
-                manifest_key: format!("{package}/manifest.json"),
-                variant: variant.to_string(),
-                file_name: file_name.to_string(),
+                package,
+                variant,
+                file_name,
             })
         }
     }
+}
+
+/// The manifest key of a package.
+pub fn manifest_key(package: &str) -> String {
+    format!("{package}/manifest.json")
 }
 
 /// nginx order: an exact match wins, then the longest prefix.
@@ -85,35 +98,41 @@ fn find<'a>(locations: &'a [Location], path: &str) -> Option<&'a Location> {
 }
 
 /// Percent-decodes once and refuses every shape that could alter which key is read.
-fn decode_path(raw: &str) -> Result<String, RouteError> {
+fn decode_path(raw: &str) -> Result<Cow<'_, str>, RouteError> {
     let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or(RouteError::BadTarget("truncated % escape"))?;
-            let v = hex_pair(hex).ok_or(RouteError::BadTarget("invalid % escape"))?;
-            match v {
-                0 => return Err(RouteError::BadTarget("%00 in target")),
-                b'/' => return Err(RouteError::BadTarget("encoded slash in target")),
-                _ => out.push(v),
+    let path = if bytes.contains(&b'%') {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'%' {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(RouteError::BadTarget("truncated % escape"))?;
+                let v = hex_pair(hex).ok_or(RouteError::BadTarget("invalid % escape"))?;
+                match v {
+                    0 => return Err(RouteError::BadTarget("%00 in target")),
+                    b'/' => return Err(RouteError::BadTarget("encoded slash in target")),
+                    _ => out.push(v),
+                }
+                i += 3;
+            } else {
+                out.push(b);
+                i += 1;
             }
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
         }
-    }
-    if out.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        Cow::Owned(
+            String::from_utf8(out).map_err(|_| RouteError::BadTarget("target is not UTF-8"))?,
+        )
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if path.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(RouteError::BadTarget("control byte in target"));
     }
-    if out.contains(&b'\\') {
+    if path.contains('\\') {
         return Err(RouteError::BadTarget("backslash in target"));
     }
-    let path = String::from_utf8(out).map_err(|_| RouteError::BadTarget("target is not UTF-8"))?;
     if path.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(RouteError::BadTarget("dot segment in target"));
     }
@@ -154,13 +173,36 @@ mod tests {
         ]
     }
 
-    fn composite(manifest_key: &str, variant: &str, file_name: &str) -> Result<Route, RouteError> {
+    fn composite(
+        package: &'static str,
+        variant: &'static str,
+        file_name: &'static str,
+    ) -> Result<Route<'static>, RouteError> {
         Ok(Route::Composite {
             s3: 0,
-            manifest_key: manifest_key.into(),
-            variant: variant.into(),
-            file_name: file_name.into(),
+            package,
+            variant,
+            file_name,
         })
+    }
+
+    /// Decoded and routed, in one step as `conn` does it.
+    fn go(target: &str) -> Result<String, RouteError> {
+        let path = decode(target)?;
+        route(&locations(), &path).map(|r| format!("{r:?}"))
+    }
+
+    #[test]
+    fn plain_paths_are_borrowed_and_manifest_keys_built() {
+        assert!(matches!(
+            decode("/apk/a/b.apk?x=%41"),
+            Ok(Cow::Borrowed("/apk/a/b.apk"))
+        ));
+        assert!(matches!(decode("/apk/a/%62.apk"), Ok(Cow::Owned(p)) if p == "/apk/a/b.apk"));
+        assert_eq!(
+            manifest_key("apps/foo/1.2.3"),
+            "apps/foo/1.2.3/manifest.json"
+        );
     }
 
     #[test]
@@ -169,24 +211,18 @@ mod tests {
         let cases: Vec<(&str, Result<Route, RouteError>)> = vec![
             (
                 "/apk/apps/foo/1.2.3/huawei.apk",
-                composite("apps/foo/1.2.3/manifest.json", "huawei", "huawei.apk"),
+                composite("apps/foo/1.2.3", "huawei", "huawei.apk"),
             ),
             (
                 "/apk/apps/foo/1.2.3/huawei.zip?x=1",
-                composite("apps/foo/1.2.3/manifest.json", "huawei", "huawei.zip"),
+                composite("apps/foo/1.2.3", "huawei", "huawei.zip"),
             ),
-            (
-                "/apk/foo/huawei",
-                composite("foo/manifest.json", "huawei", "huawei"),
-            ),
+            ("/apk/foo/huawei", composite("foo", "huawei", "huawei")),
             (
                 "/apk/foo/hua%77ei.apk",
-                composite("foo/manifest.json", "huawei", "huawei.apk"),
+                composite("foo", "huawei", "huawei.apk"),
             ),
-            (
-                "/apk/foo/a.b.apk",
-                composite("foo/manifest.json", "a", "a.b.apk"),
-            ),
+            ("/apk/foo/a.b.apk", composite("foo", "a", "a.b.apk")),
             ("/apk/huawei.apk", Err(RouteError::NotFound)),
             ("/apk/foo/.apk", Err(RouteError::NotFound)),
             ("/apk/foo/", Err(RouteError::NotFound)),
@@ -194,16 +230,10 @@ mod tests {
                 "/files/a/b.bin",
                 Ok(Route::Object {
                     s3: 1,
-                    key: "a/b.bin".into(),
+                    key: "a/b.bin",
                 }),
             ),
-            (
-                "/files/special/x",
-                Ok(Route::Object {
-                    s3: 0,
-                    key: "x".into(),
-                }),
-            ),
+            ("/files/special/x", Ok(Route::Object { s3: 0, key: "x" })),
             ("/files/", Err(RouteError::NotFound)),
             ("/status", Ok(Route::StubStatus)),
             ("/statusx", Ok(Route::Metrics)),
@@ -222,13 +252,12 @@ mod tests {
             (
                 "/files/caf%C3%A9",
                 Ok(Route::Object {
-                    s3: 1,
-                    key: "café".into(),
+                    s3: 1, key: "café"
                 }),
             ),
         ];
         for (target, want) in cases {
-            assert_eq!(route(&locations(), target), want, "for {target}");
+            assert_eq!(go(target), want.map(|r| format!("{r:?}")), "for {target}");
         }
     }
 
@@ -240,7 +269,8 @@ mod tests {
             #[test]
             fn keys_never_escape_their_prefix(tail in "[a-z%2eEfF./\\\\]{0,24}") {
                 let target = format!("/files/{tail}");
-                if let Ok(Route::Object { key, .. }) = route(&locations(), &target) {
+                let Ok(path) = decode(&target) else { return Ok(()) };
+                if let Ok(Route::Object { key, .. }) = route(&locations(), &path) {
                     prop_assert!(!key.split('/').any(|s| s == ".." || s == "."));
                     prop_assert!(!key.contains('\\'));
                 }

@@ -435,7 +435,12 @@ async fn respond(
     if head.method == Method::Other {
         return send_error(stream, &Failure::Method, is_head, head.minor, !keep_alive).await;
     }
-    let route = match route::route(&st.conf.http.locations, &head.target) {
+    let path = route::decode(&head.target);
+    let route = match &path {
+        Ok(p) => route::route(&st.conf.http.locations, p),
+        Err(e) => Err(*e),
+    };
+    let route = match route {
         Ok(r) => r,
         Err(e) => {
             return send_error(stream, &Failure::Route(e), is_head, head.minor, !keep_alive).await
@@ -444,13 +449,13 @@ async fn respond(
     let loaded = match route {
         Route::Composite {
             s3,
-            manifest_key,
+            package,
             variant,
             file_name,
-        } => load_variant(st, s3, &manifest_key, &variant)
+        } => load_variant(st, s3, package, variant)
             .await
             .map(|c| (s3, c, Some(file_name))),
-        Route::Object { s3, key } => load_object(st, s3, &key).await.map(|c| (s3, c, None)),
+        Route::Object { s3, key } => load_object(st, s3, key).await.map(|c| (s3, c, None)),
         Route::StubStatus => {
             return send_text(
                 stream,
@@ -502,18 +507,20 @@ async fn respond(
 async fn load_variant(
     st: &State,
     block: usize,
-    key: &str,
+    package: &str,
     variant: &str,
 ) -> Result<Rc<Composite>, Failure> {
-    // `block` comes from a Route of this generation's conf, so it always has a cache.
+    // `block` comes from a Route of this generation's conf, so it always has a cache, keyed
+    // by package.
     let cache = st.manifests.get(block).ok_or(Failure::NotFound)?;
-    let cached = cache.borrow().get(key, Instant::now());
+    let cached = cache.borrow().get(package, Instant::now());
     let manifest = match cached {
         Some(m) => m,
         None => {
+            let key = route::manifest_key(package);
             let (_, body) = st
                 .upstream
-                .fetch_whole(block, "GET", key, MAX_MANIFEST_BYTES)
+                .fetch_whole(block, "GET", &key, MAX_MANIFEST_BYTES)
                 .await
                 .map_err(|e| match e.kind {
                     ErrorKind::NotFound => Failure::NotFound,
@@ -524,7 +531,7 @@ async fn load_variant(
             );
             cache
                 .borrow_mut()
-                .insert(key.to_string(), Rc::clone(&m), Instant::now());
+                .insert(package.to_string(), Rc::clone(&m), Instant::now());
             m
         }
     };

@@ -471,8 +471,16 @@ impl Client {
     pub fn closed(&mut self, within: Duration) -> bool {
         self.stream.set_read_timeout(Some(within)).unwrap();
         let mut b = [0u8; 1];
-        let closed = matches!(self.stream.read(&mut b), Ok(0))
-            || matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        let first = self.stream.read(&mut b);
+        let closed = match &first {
+            Ok(0) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+            // A reset may follow a FIN.
+            _ => matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        };
+        if !closed {
+            eprintln!("connection not closed within {within:?}: read gave {first:?} ({b:?})");
+        }
         self.stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
