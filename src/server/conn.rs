@@ -488,7 +488,7 @@ async fn respond(
                 head,
                 block,
                 &composite,
-                file_name.as_deref(),
+                file_name,
                 keep_alive,
             )
             .await
