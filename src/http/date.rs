@@ -1,30 +1,68 @@
 //! IMF-fixdate (RFC 9110 §5.6.7) for `Date` and `Last-Modified`, the current one cached per
 //! second per thread so a response head costs no formatting.
 
-use std::cell::RefCell;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::cell::Cell;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 thread_local! {
-    static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
 }
 
 /// Formats Unix seconds as `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub fn imf_fixdate(secs: u64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+    imf_fixdate_bytes(secs)
+        .into_iter()
+        .map(char::from)
+        .collect()
 }
 
-/// The current time as IMF-fixdate, formatted at most once a second on each thread.
-pub fn now() -> String {
+/// [`imf_fixdate`] without allocating (years past 9999 wrap).
+pub fn imf_fixdate_bytes(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    out[..3].copy_from_slice(DAYS[(secs / 86_400 % 7) as usize]);
+    let month = MONTHS
+        .get(mo.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or(b"Jan");
+    out[8..11].copy_from_slice(month);
+    let mut put = |at: usize, width: usize, v: u64| {
+        let mut v = v;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(5, 2, u64::from(d));
+    put(12, 4, y.rem_euclid(10_000) as u64);
+    put(17, 2, u64::from(h));
+    put(20, 2, u64::from(mi));
+    put(23, 2, u64::from(s));
+    out
+}
+
+/// Calls `f` with the current time as IMF-fixdate, formatted at most once a second on each
+/// thread.
+pub fn with_now<R>(f: impl FnOnce(&str) -> R) -> R {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs {
-            *c = (secs, imf_fixdate(secs));
-        }
-        c.1.clone()
-    })
+    let (at, mut text) = CACHED.get();
+    if at != secs {
+        text = imf_fixdate_bytes(secs);
+        CACHED.set((secs, text));
+    }
+    f(std::str::from_utf8(&text).unwrap_or("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
+/// The current time as IMF-fixdate.
+pub fn now() -> String {
+    with_now(str::to_string)
 }
 
 /// Unix seconds → (year, month, day, hour, minute, second) in UTC (H. Hinnant's
@@ -77,6 +115,16 @@ mod tests {
     #[test]
     fn formats_rfc_example() {
         assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(now().len(), 29);
+    }
+
+    proptest::proptest! {
+        /// The same text as httpdate's formatter, for any time up to 9999.
+        #[test]
+        fn matches_httpdate(secs in 0u64..253_402_300_800) {
+            let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            proptest::prop_assert_eq!(imf_fixdate(secs), httpdate::fmt_http_date(t));
+        }
     }
 }

@@ -2,23 +2,24 @@
 //! `Accept-Ranges`, `ETag`, `Last-Modified` and `Content-Length` (nginx omits
 //! `Accept-Ranges` on 206; we do not).
 
-use std::fmt::Write;
+use std::io::Write as _;
 
 use super::date;
 
+/// A response head; its text fields borrow from the object and the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseHead {
+pub struct ResponseHead<'a> {
     pub status: u16,
     /// Left out of 304s.
     pub content_length: Option<u64>,
-    pub content_type: Option<String>,
-    pub etag: Option<String>,
+    pub content_type: Option<&'a str>,
+    pub etag: Option<&'a str>,
     /// Unix seconds.
     pub last_modified: Option<u64>,
-    /// The `Content-Range` value, without the header name.
-    pub content_range: Option<String>,
+    pub content_range: Option<ContentRange>,
     pub accept_ranges: bool,
-    pub content_disposition: Option<String>,
+    /// The file name for `Content-Disposition: attachment` (made safe when encoded).
+    pub attachment: Option<&'a str>,
     /// `Allow` for 405.
     pub allow: Option<&'static str>,
     pub keep_alive: bool,
@@ -26,7 +27,16 @@ pub struct ResponseHead {
     pub minor: u8,
 }
 
-impl ResponseHead {
+/// A `Content-Range` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentRange {
+    /// `bytes first-last/total`.
+    Bytes { first: u64, last: u64, total: u64 },
+    /// `bytes */total` (416).
+    Unsatisfied { total: u64 },
+}
+
+impl<'a> ResponseHead<'a> {
     pub fn new(status: u16, content_length: u64, keep_alive: bool, minor: u8) -> Self {
         ResponseHead {
             status,
@@ -36,7 +46,7 @@ impl ResponseHead {
             last_modified: None,
             content_range: None,
             accept_ranges: false,
-            content_disposition: None,
+            attachment: None,
             allow: None,
             keep_alive,
             minor,
@@ -45,62 +55,85 @@ impl ResponseHead {
 
     /// Serialises the head. The status line always says HTTP/1.1 (RFC 9110 §6.2).
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = String::with_capacity(320);
-        let _ = write!(
-            s,
-            "HTTP/1.1 {} {}\r\nServer: tailgate\r\nDate: {}\r\n",
-            self.status,
-            reason(self.status),
-            date::now()
-        );
-        if let Some(ct) = &self.content_type {
-            let _ = write!(s, "Content-Type: {ct}\r\n");
+        let mut out = Vec::with_capacity(384);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`encode`](Self::encode), appended to `out`: no allocation beyond `out`'s growth.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut line = |parts: &[&[u8]]| {
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+        };
+        let _ = write!(WriteTo(&mut line), "HTTP/1.1 {} ", self.status);
+        line(&[
+            reason(self.status).as_bytes(),
+            b"\r\nServer: tailgate\r\nDate: ",
+        ]);
+        date::with_now(|now| line(&[now.as_bytes(), b"\r\n"]));
+        if let Some(ct) = self.content_type {
+            line(&[b"Content-Type: ", ct.as_bytes(), b"\r\n"]);
         }
         if let Some(len) = self.content_length {
-            let _ = write!(s, "Content-Length: {len}\r\n");
+            let _ = write!(WriteTo(&mut line), "Content-Length: {len}\r\n");
         }
         if let Some(lm) = self.last_modified {
-            let _ = write!(s, "Last-Modified: {}\r\n", date::imf_fixdate(lm));
+            line(&[b"Last-Modified: ", &date::imf_fixdate_bytes(lm), b"\r\n"]);
         }
-        if let Some(etag) = &self.etag {
-            let _ = write!(s, "ETag: {etag}\r\n");
+        if let Some(etag) = self.etag {
+            line(&[b"ETag: ", etag.as_bytes(), b"\r\n"]);
         }
         if self.accept_ranges {
-            s.push_str("Accept-Ranges: bytes\r\n");
+            line(&[b"Accept-Ranges: bytes\r\n"]);
         }
-        if let Some(cr) = &self.content_range {
-            let _ = write!(s, "Content-Range: {cr}\r\n");
+        match self.content_range {
+            Some(ContentRange::Bytes { first, last, total }) => {
+                let _ = write!(
+                    WriteTo(&mut line),
+                    "Content-Range: bytes {first}-{last}/{total}\r\n"
+                );
+            }
+            Some(ContentRange::Unsatisfied { total }) => {
+                let _ = write!(WriteTo(&mut line), "Content-Range: bytes */{total}\r\n");
+            }
+            None => {}
         }
-        if let Some(cd) = &self.content_disposition {
-            let _ = write!(s, "Content-Disposition: {cd}\r\n");
+        if let Some(name) = self.attachment {
+            line(&[b"Content-Disposition: attachment; filename=\""]);
+            // Anything outside a safe set becomes `_`, so a URL can never inject a header
+            // or a quote.
+            for c in name.chars() {
+                let safe = c.is_ascii_alphanumeric() || "._-+~()@".contains(c);
+                line(&[&[if safe { c as u8 } else { b'_' }]]);
+            }
+            line(&[b"\"\r\n"]);
         }
         if let Some(allow) = self.allow {
-            let _ = write!(s, "Allow: {allow}\r\n");
+            line(&[b"Allow: ", allow.as_bytes(), b"\r\n"]);
         }
         match (self.keep_alive, self.minor) {
-            (true, 0) => s.push_str("Connection: keep-alive\r\n"),
+            (true, 0) => line(&[b"Connection: keep-alive\r\n"]),
             (true, _) => {}
-            (false, _) => s.push_str("Connection: close\r\n"),
+            (false, _) => line(&[b"Connection: close\r\n"]),
         }
-        s.push_str("\r\n");
-        s.into_bytes()
+        line(&[b"\r\n"]);
     }
 }
 
-/// `attachment; filename="..."` with anything outside a safe set replaced, so a URL can
-/// never inject a header or a quote.
-pub fn attachment(file_name: &str) -> String {
-    let safe: String = file_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-+~()@".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("attachment; filename=\"{safe}\"")
+/// `write!` into a byte sink.
+struct WriteTo<'f, F: FnMut(&[&[u8]])>(&'f mut F);
+
+impl<F: FnMut(&[&[u8]])> std::io::Write for WriteTo<'_, F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (self.0)(&[buf]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -135,14 +168,20 @@ mod tests {
     #[test]
     fn full_head_has_every_field_in_order() {
         let mut h = ResponseHead::new(206, 10, true, 1);
-        h.content_type = Some("application/vnd.android.package-archive".into());
-        h.etag = Some("\"tg-1\"".into());
+        h.content_type = Some("application/vnd.android.package-archive");
+        h.etag = Some("\"tg-1\"");
         h.last_modified = Some(784_111_777);
-        h.content_range = Some("bytes 0-9/100".into());
+        h.content_range = Some(ContentRange::Bytes {
+            first: 0,
+            last: 9,
+            total: 100,
+        });
         h.accept_ranges = true;
-        h.content_disposition = Some(attachment("huawei.apk"));
+        h.attachment = Some("huawei.apk");
         let text = String::from_utf8(h.encode()).unwrap();
         assert!(text.starts_with("HTTP/1.1 206 Partial Content\r\nServer: tailgate\r\nDate: "));
+        let date = &text[text.find("Date: ").unwrap() + 6..text.find("\r\nContent-Type").unwrap()];
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         let rest = &text[text.find("Content-Type").unwrap()..];
         assert_eq!(
             rest,
@@ -150,6 +189,15 @@ mod tests {
              Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nETag: \"tg-1\"\r\nAccept-Ranges: bytes\r\n\
              Content-Range: bytes 0-9/100\r\nContent-Disposition: attachment; filename=\"huawei.apk\"\r\n\r\n"
         );
+        let mut r = ResponseHead::new(416, 0, false, 1);
+        r.content_range = Some(ContentRange::Unsatisfied { total: 100 });
+        let mut out = b"before".to_vec();
+        r.encode_into(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("beforeHTTP/1.1 416 Requested Range Not Satisfiable\r\n"));
+        assert!(text.ends_with(
+            "Content-Length: 0\r\nContent-Range: bytes */100\r\nConnection: close\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -163,9 +211,12 @@ mod tests {
 
     #[test]
     fn file_names_cannot_inject() {
-        assert_eq!(
-            attachment("a\"b\r\nX: y.apk"),
-            "attachment; filename=\"a_b__X__y.apk\""
+        let mut h = ResponseHead::new(200, 0, true, 1);
+        h.attachment = Some("a\"b\r\nX: é.apk");
+        let text = String::from_utf8(h.encode()).unwrap();
+        assert!(
+            text.contains("\r\nContent-Disposition: attachment; filename=\"a_b__X___.apk\"\r\n"),
+            "{text}"
         );
     }
 }

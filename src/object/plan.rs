@@ -25,27 +25,25 @@ impl Fetch {
 
 /// The fetches covering `range` of `c`, in order. `range` must lie inside `c` (the range
 /// parser guarantees it); anything outside is simply not produced.
-pub fn fetches(c: &Composite, range: ByteRange) -> Vec<Fetch> {
-    let mut out = Vec::new();
-    let mut seg_start: u64 = 0;
-    for (i, s) in c.segments().iter().enumerate() {
-        // Invariant of Composite: these sums do not overflow; saturate to stay total anyway.
-        let seg_end = seg_start.saturating_add(s.length);
-        let lo = range.start.max(seg_start);
-        let hi = range.end.min(seg_end);
-        if lo < hi {
-            let into = lo.saturating_sub(seg_start);
-            let n = hi.saturating_sub(lo);
-            let start = s.offset.saturating_add(into);
-            out.push(Fetch {
+pub fn fetches(c: &Composite, range: ByteRange) -> impl Iterator<Item = Fetch> + '_ {
+    c.segments()
+        .iter()
+        .enumerate()
+        .scan(0u64, move |seg_start, (i, s)| {
+            // Invariant of Composite: these sums do not overflow; saturate to stay total anyway.
+            let start_here = *seg_start;
+            let seg_end = start_here.saturating_add(s.length);
+            *seg_start = seg_end;
+            let lo = range.start.max(start_here);
+            let hi = range.end.min(seg_end);
+            let start = s.offset.saturating_add(lo.saturating_sub(start_here));
+            Some((lo < hi).then(|| Fetch {
                 segment: i,
                 start,
-                end: start.saturating_add(n),
-            });
-        }
-        seg_start = seg_end;
-    }
-    out
+                end: start.saturating_add(hi.saturating_sub(lo)),
+            }))
+        })
+        .flatten()
 }
 
 #[cfg(test)]
@@ -91,7 +89,7 @@ mod tests {
             (r(500, 600), vec![f(0, 600, 700)]),
         ];
         for (range, want) in cases {
-            assert_eq!(fetches(&c, range), want, "{range:?}");
+            assert_eq!(fetches(&c, range).collect::<Vec<_>>(), want, "{range:?}");
         }
     }
 
@@ -103,7 +101,7 @@ mod tests {
             #[test]
             fn fetch_lengths_sum_to_the_range(a in 0u64..1050, b in 0u64..1050) {
                 let (start, end) = (a.min(b), a.max(b) + 1);
-                let fs = fetches(&composite(), ByteRange { start, end });
+                let fs: Vec<Fetch> = fetches(&composite(), ByteRange { start, end }).collect();
                 prop_assert_eq!(fs.iter().map(Fetch::len).sum::<u64>(), end - start);
                 prop_assert!(fs.iter().all(|f| !f.is_empty()));
             }

@@ -62,15 +62,20 @@ pub fn parse(header: &str, len: u64, max_ranges: usize) -> RangeOutcome {
         return RangeOutcome::Unsatisfiable;
     }
     parts.sort_by_key(|r| r.start);
-    let mut merged: Vec<ByteRange> = Vec::with_capacity(parts.len());
-    for r in parts {
-        match merged.last_mut() {
-            Some(last) if r.start < last.end => return RangeOutcome::Ignore,
-            Some(last) if r.start == last.end => last.end = r.end,
-            _ => merged.push(r),
+    // Merged in place: `last` is the part kept before `r`.
+    let mut overlap = false;
+    parts.dedup_by(|r, last| {
+        overlap |= r.start < last.end;
+        let adjacent = r.start == last.end;
+        if adjacent {
+            last.end = r.end;
         }
+        adjacent
+    });
+    if overlap {
+        return RangeOutcome::Ignore;
     }
-    RangeOutcome::Parts(merged)
+    RangeOutcome::Parts(parts)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

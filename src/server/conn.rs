@@ -16,7 +16,7 @@ use tokio_uring::net::TcpStream;
 use crate::conf::Http;
 use crate::http::chunked::{ChunkError, ChunkedDiscard};
 use crate::http::request::{self, Body, Method, ParseError, Parsed, RequestHead};
-use crate::http::response::{attachment, reason, ResponseHead};
+use crate::http::response::{reason, ContentRange, ResponseHead};
 use crate::log;
 use crate::metrics::{ConnState, Stats};
 use crate::object::composite::{Composite, Segment};
@@ -482,16 +482,7 @@ async fn respond(
     };
     match loaded {
         Ok((block, composite, file_name)) => {
-            serve_composite(
-                stream,
-                st,
-                head,
-                block,
-                &composite,
-                file_name,
-                keep_alive,
-            )
-            .await
+            serve_composite(stream, st, head, block, &composite, file_name, keep_alive).await
         }
         Err(f) => {
             if let Failure::Upstream(e) = &f {
@@ -598,8 +589,9 @@ async fn serve_composite(
         if_unmodified_since: req.if_unmodified_since.as_deref(),
         if_range: req.if_range.as_deref(),
     };
+    let multipart_type: String;
     let mut resp = ResponseHead::new(200, c.len(), keep_alive, req.minor);
-    resp.etag = Some(c.etag().to_string());
+    resp.etag = Some(c.etag());
     resp.last_modified = Some(c.last_modified());
     let honour_range = match conditional::evaluate(&pre, c.etag(), c.last_modified()) {
         Outcome::NotModified => {
@@ -620,18 +612,19 @@ async fn serve_composite(
         Outcome::Proceed { honour_range } => honour_range,
     };
     resp.accept_ranges = true;
-    resp.content_type = Some(c.content_type().to_string());
-    resp.content_disposition = file_name.map(attachment);
+    resp.content_type = Some(c.content_type());
+    resp.attachment = file_name;
     // RFC 9110 §14.2: Range is ignored on HEAD (SPEC §3).
     let ranges = match (&req.range, is_get && honour_range) {
         (Some(h), true) => range::parse(h, c.len(), st.conf.http.max_ranges),
         _ => RangeOutcome::Ignore,
     };
-    let mut pieces = Vec::new();
+    // The head, then a fetch per segment: room for both segments of a composite.
+    let mut pieces = Vec::with_capacity(3);
     match ranges {
         RangeOutcome::Unsatisfiable => {
             let mut r = ResponseHead::new(416, 0, keep_alive, req.minor);
-            r.content_range = Some(format!("bytes */{}", c.len()));
+            r.content_range = Some(ContentRange::Unsatisfied { total: c.len() });
             return head_only(stream, st, r).await;
         }
         RangeOutcome::Ignore => {
@@ -643,7 +636,6 @@ async fn serve_composite(
                         end: c.len(),
                     },
                 )
-                .into_iter()
                 .map(Piece::Fetch),
             );
         }
@@ -651,19 +643,19 @@ async fn serve_composite(
             let r = parts[0];
             resp.status = 206;
             resp.content_length = Some(r.len());
-            resp.content_range = Some(format!(
-                "bytes {}-{}/{}",
-                r.start,
-                r.end.saturating_sub(1),
-                c.len()
-            ));
-            pieces.extend(plan::fetches(c, r).into_iter().map(Piece::Fetch));
+            resp.content_range = Some(ContentRange::Bytes {
+                first: r.start,
+                last: r.end.saturating_sub(1),
+                total: c.len(),
+            });
+            pieces.extend(plan::fetches(c, r).map(Piece::Fetch));
         }
         RangeOutcome::Parts(parts) => {
             let (len, body, boundary) = multipart(c, &parts);
             resp.status = 206;
             resp.content_length = Some(len);
-            resp.content_type = Some(format!("multipart/byteranges; boundary={boundary}"));
+            multipart_type = format!("multipart/byteranges; boundary={boundary}");
+            resp.content_type = Some(&multipart_type);
             pieces = body;
         }
     }
@@ -758,7 +750,7 @@ fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>, String) {
             .saturating_add(part_head.len() as u64)
             .saturating_add(r.len());
         pieces.push(Piece::Bytes(part_head.into_bytes()));
-        pieces.extend(plan::fetches(c, *r).into_iter().map(Piece::Fetch));
+        pieces.extend(plan::fetches(c, *r).map(Piece::Fetch));
     }
     let tail = format!("\r\n--{boundary}--\r\n");
     len = len.saturating_add(tail.len() as u64);
@@ -767,7 +759,7 @@ fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>, String) {
 }
 
 /// A response that is only a head (304, 416, HEAD, an empty body).
-async fn head_only(stream: &TcpStream, st: &State, resp: ResponseHead) -> Reply {
+async fn head_only(stream: &TcpStream, st: &State, resp: ResponseHead<'_>) -> Reply {
     let ok = write_all(stream, resp.encode(), st.conf.http.send_timeout).await;
     Reply::plain(resp.status, ok && resp.keep_alive)
 }
@@ -782,7 +774,7 @@ async fn send_text(
     text: String,
 ) -> Reply {
     let mut r = ResponseHead::new(200, text.len() as u64, keep_alive, head.minor);
-    r.content_type = Some(content_type.to_string());
+    r.content_type = Some(content_type);
     let mut bytes = r.encode();
     if head.method != Method::Head {
         bytes.extend_from_slice(text.as_bytes());
@@ -805,7 +797,7 @@ async fn send_error(
     let keep = !close && !force_close;
     let body = format!("{status} {}\n", reason(status));
     let mut r = ResponseHead::new(status, body.len() as u64, keep, minor);
-    r.content_type = Some("text/plain".into());
+    r.content_type = Some("text/plain");
     if status == 405 {
         r.allow = Some("GET, HEAD");
     }

@@ -476,7 +476,9 @@ impl Client {
             Ok(0) => true,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
             // A reset may follow a FIN.
-            _ => matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            _ => {
+                matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+            }
         };
         if !closed {
             eprintln!("connection not closed within {within:?}: read gave {first:?} ({b:?})");
