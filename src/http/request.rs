@@ -26,28 +26,206 @@ pub enum Body {
     Chunked,
 }
 
-/// A parsed, checked request head. `len` bytes of the input buffer belong to it.
+/// A parsed, checked request head. `len` bytes of the input buffer belong to it. Its text
+/// fields are kept one after another in one string, and a finished head can be handed to
+/// [`recycle`] so that the next one reuses its allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: Method,
-    /// The path and query in origin form (absolute-form targets are reduced to it). Only
-    /// GET and HEAD targets are checked further; for others it is informative.
-    pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub keep_alive: bool,
-    pub range: Option<String>,
-    pub if_range: Option<String>,
-    pub if_match: Option<String>,
-    pub if_none_match: Option<String>,
-    pub if_modified_since: Option<String>,
-    pub if_unmodified_since: Option<String>,
-    pub user_agent: Option<String>,
-    pub referer: Option<String>,
     pub body: Body,
     pub len: usize,
+    text: String,
+    target: Span,
+    request_line: Span,
+    range: Option<Span>,
+    if_range: Option<Span>,
+    if_match: Option<Span>,
+    if_none_match: Option<Span>,
+    if_modified_since: Option<Span>,
+    if_unmodified_since: Option<Span>,
+    user_agent: Option<Span>,
+    referer: Option<Span>,
+}
+
+/// Where a field's text lies in [`RequestHead::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl RequestHead {
+    fn text_of(&self, span: Span) -> &str {
+        self.text.get(span.start..span.end).unwrap_or_default()
+    }
+
+    fn field(&self, span: Option<Span>) -> Option<&str> {
+        span.map(|s| self.text_of(s))
+    }
+
+    /// The path and query in origin form (absolute-form targets are reduced to it). Only
+    /// GET and HEAD targets are checked further; for others it is informative.
+    pub fn target(&self) -> &str {
+        self.text_of(self.target)
+    }
+
     /// The request line as sent, for the access log.
-    pub request_line: String,
+    pub fn request_line(&self) -> &str {
+        self.text_of(self.request_line)
+    }
+
+    pub fn range(&self) -> Option<&str> {
+        self.field(self.range)
+    }
+
+    pub fn if_range(&self) -> Option<&str> {
+        self.field(self.if_range)
+    }
+
+    /// Every `If-Match` field, joined with `, `.
+    pub fn if_match(&self) -> Option<&str> {
+        self.field(self.if_match)
+    }
+
+    /// Every `If-None-Match` field, joined with `, `.
+    pub fn if_none_match(&self) -> Option<&str> {
+        self.field(self.if_none_match)
+    }
+
+    pub fn if_modified_since(&self) -> Option<&str> {
+        self.field(self.if_modified_since)
+    }
+
+    pub fn if_unmodified_since(&self) -> Option<&str> {
+        self.field(self.if_unmodified_since)
+    }
+
+    pub fn user_agent(&self) -> Option<&str> {
+        self.field(self.user_agent)
+    }
+
+    pub fn referer(&self) -> Option<&str> {
+        self.field(self.referer)
+    }
+
+    /// Appends `value` (lossily decoded) to the text and says where it went.
+    fn push(&mut self, value: &[u8]) -> Span {
+        let start = self.text.len();
+        self.text.push_str(&String::from_utf8_lossy(value));
+        Span {
+            start,
+            end: self.text.len(),
+        }
+    }
+
+    fn set_once(
+        &mut self,
+        slot: fn(&mut RequestHead) -> &mut Option<Span>,
+        value: &[u8],
+    ) -> Result<(), ParseError> {
+        if slot(self).is_some() {
+            return Err(ParseError::Bad("repeated single-value header field"));
+        }
+        let span = self.push(value);
+        *slot(self) = Some(span);
+        Ok(())
+    }
+
+    /// A list field seen again is joined to the earlier value with `, `.
+    fn append_list(&mut self, slot: fn(&mut RequestHead) -> &mut Option<Span>, value: &[u8]) {
+        let span = match *slot(self) {
+            None => self.push(value),
+            Some(old) => {
+                // Keep the joined value contiguous: copy the earlier one to the end first.
+                let start = if old.end == self.text.len() {
+                    old.start
+                } else {
+                    let start = self.text.len();
+                    self.text.extend_from_within(old.start..old.end);
+                    start
+                };
+                self.text.push_str(", ");
+                self.push(value);
+                Span {
+                    start,
+                    end: self.text.len(),
+                }
+            }
+        };
+        *slot(self) = Some(span);
+    }
+}
+
+/// Idle heads kept per thread for [`parse`] to reuse.
+const RECYCLED_HEADS: usize = 256;
+
+/// A head's text above this size is not kept for reuse.
+const RECYCLED_TEXT: usize = 2048;
+
+thread_local! {
+    // The boxes themselves are what is reused: a parsed head travels boxed.
+    #[allow(clippy::vec_box)]
+    static HEADS: std::cell::RefCell<Vec<Box<RequestHead>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Gives a finished head back for the next [`parse`] on this thread to fill.
+pub fn recycle(head: Box<RequestHead>) {
+    if head.text.capacity() <= RECYCLED_TEXT {
+        HEADS.with(|h| {
+            let mut heads = h.borrow_mut();
+            if heads.len() < RECYCLED_HEADS {
+                heads.push(head);
+            }
+        });
+    }
+}
+
+/// A cleared head: a recycled one, or a new one.
+fn fresh_head(method: Method, minor: u8, len: usize) -> Box<RequestHead> {
+    let mut head = HEADS.with(|h| h.borrow_mut().pop()).unwrap_or_else(|| {
+        Box::new(RequestHead {
+            method,
+            minor,
+            keep_alive: false,
+            body: Body::None,
+            len,
+            text: String::new(),
+            target: Span::default(),
+            request_line: Span::default(),
+            range: None,
+            if_range: None,
+            if_match: None,
+            if_none_match: None,
+            if_modified_since: None,
+            if_unmodified_since: None,
+            user_agent: None,
+            referer: None,
+        })
+    });
+    let mut text = std::mem::take(&mut head.text);
+    text.clear();
+    *head = RequestHead {
+        method,
+        minor,
+        keep_alive: minor == 1,
+        body: Body::None,
+        len,
+        text,
+        target: Span::default(),
+        request_line: Span::default(),
+        range: None,
+        if_range: None,
+        if_match: None,
+        if_none_match: None,
+        if_modified_since: None,
+        if_unmodified_since: None,
+        user_agent: None,
+        referer: None,
+    };
+    head
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,22 +297,14 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
         "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => Method::Other,
         _ => return Err(ParseError::UnknownMethod),
     };
-    let mut head = RequestHead {
-        method,
-        target: String::new(),
-        minor,
-        keep_alive: minor == 1,
-        range: None,
-        if_range: None,
-        if_match: None,
-        if_none_match: None,
-        if_modified_since: None,
-        if_unmodified_since: None,
-        user_agent: None,
-        referer: None,
-        body: Body::None,
-        len,
-        request_line: first_line(data),
+    let mut head = fresh_head(method, minor, len);
+    head.request_line = {
+        let start = head.text.len();
+        first_line_into(data, &mut head.text);
+        Span {
+            start,
+            end: head.text.len(),
+        }
     };
     let mut host: Option<&[u8]> = None;
     let mut content_length: Option<u64> = None;
@@ -145,7 +315,6 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
             return Err(ParseError::Bad("control byte in a header value"));
         }
         let name = h.name;
-        let text = || String::from_utf8_lossy(value).into_owned();
         if name.eq_ignore_ascii_case("host") {
             if host.is_some() {
                 return Err(ParseError::Bad("two Host header fields"));
@@ -167,7 +336,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
             if !t.is_empty() {
                 t.push(',');
             }
-            t.push_str(&text());
+            t.push_str(&String::from_utf8_lossy(value));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|&b| b == b',') {
                 let token = trim(token);
@@ -178,21 +347,23 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
                 }
             }
         } else if name.eq_ignore_ascii_case("range") {
-            set_once(&mut head.range, text())?;
+            head.set_once(|h| &mut h.range, value)?;
         } else if name.eq_ignore_ascii_case("if-range") {
-            set_once(&mut head.if_range, text())?;
+            head.set_once(|h| &mut h.if_range, value)?;
         } else if name.eq_ignore_ascii_case("if-match") {
-            append_list(&mut head.if_match, text());
+            head.append_list(|h| &mut h.if_match, value);
         } else if name.eq_ignore_ascii_case("if-none-match") {
-            append_list(&mut head.if_none_match, text());
+            head.append_list(|h| &mut h.if_none_match, value);
         } else if name.eq_ignore_ascii_case("if-modified-since") {
-            set_once(&mut head.if_modified_since, text())?;
+            head.set_once(|h| &mut h.if_modified_since, value)?;
         } else if name.eq_ignore_ascii_case("if-unmodified-since") {
-            set_once(&mut head.if_unmodified_since, text())?;
+            head.set_once(|h| &mut h.if_unmodified_since, value)?;
         } else if name.eq_ignore_ascii_case("user-agent") {
-            head.user_agent = Some(text());
+            let span = head.push(value);
+            head.user_agent = Some(span);
         } else if name.eq_ignore_ascii_case("referer") {
-            head.referer = Some(text());
+            let span = head.push(value);
+            head.referer = Some(span);
         }
     }
     // RFC 9112 §3.2: a 1.1 request without Host is rejected with 400.
@@ -200,12 +371,17 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Parsed, ParseError> {
         return Err(ParseError::Bad("no Host header field"));
     }
     head.body = framing(minor, content_length, transfer_encoding.as_deref())?;
-    head.target = if method == Method::Other {
-        target.to_string()
+    let start = head.text.len();
+    if method == Method::Other {
+        head.text.push_str(target);
     } else {
-        origin_form(target)?
+        origin_form(target, &mut head.text)?;
+    }
+    head.target = Span {
+        start,
+        end: head.text.len(),
     };
-    Ok(Parsed::Complete(Box::new(head)))
+    Ok(Parsed::Complete(head))
 }
 
 /// RFC 9112 §6.1–6.3: message framing; any ambiguity is refused, since a front and this
@@ -247,9 +423,10 @@ fn framing(minor: u8, length: Option<u64>, coding: Option<&str>) -> Result<Body,
 
 /// Reduces the request target to origin form (RFC 9112 §3.2.1–3.2.2). Control bytes and
 /// non-ASCII never get this far: httparse refuses them in the target.
-fn origin_form(target: &str) -> Result<String, ParseError> {
+fn origin_form(target: &str, out: &mut String) -> Result<(), ParseError> {
     if target.starts_with('/') {
-        return Ok(target.to_string());
+        out.push_str(target);
+        return Ok(());
     }
     let lower = target.get(..8).map(str::to_ascii_lowercase);
     let rest = match lower.as_deref() {
@@ -262,39 +439,28 @@ fn origin_form(target: &str) -> Result<String, ParseError> {
         return Err(ParseError::Bad("invalid authority in absolute-form target"));
     }
     let path = &rest[path_start..];
-    Ok(if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    })
+    if !path.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(path);
+    Ok(())
 }
 
 /// The first line of `data`, lossily decoded, for logs.
 pub fn first_line(data: &[u8]) -> String {
+    let mut out = String::new();
+    first_line_into(data, &mut out);
+    out
+}
+
+/// [`first_line`], appended to `out`.
+fn first_line_into(data: &[u8], out: &mut String) {
     let end = data
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')
         .unwrap_or(data.len())
         .min(4096);
-    String::from_utf8_lossy(&data[..end]).into_owned()
-}
-
-fn set_once(slot: &mut Option<String>, value: String) -> Result<(), ParseError> {
-    if slot.is_some() {
-        return Err(ParseError::Bad("repeated single-value header field"));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
-fn append_list(slot: &mut Option<String>, value: String) {
-    match slot {
-        Some(s) => {
-            s.push_str(", ");
-            s.push_str(&value);
-        }
-        None => *slot = Some(value),
-    }
+    out.push_str(&String::from_utf8_lossy(&data[..end]));
 }
 
 /// RFC 9110 §7.2: `Host = uri-host [ ":" port ]`, an empty value allowed.
@@ -394,6 +560,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn list_fields_join_and_recycled_heads_start_clean() {
+        let h = head(
+            "GET /a HTTP/1.1\r\nHost: x\r\nIf-Match: \"a\"\r\nUser-Agent: u\r\nIf-Match: \"b\"\r\n\
+             If-None-Match: \"c\"\r\nIf-None-Match: \"d\"\r\nReferer: r\r\nRange: bytes=1-2\r\n\r\n",
+        );
+        assert_eq!(h.if_match(), Some("\"a\", \"b\""));
+        assert_eq!(h.if_none_match(), Some("\"c\", \"d\""));
+        assert_eq!((h.user_agent(), h.referer()), (Some("u"), Some("r")));
+        assert_eq!(h.request_line(), "GET /a HTTP/1.1");
+        let text = h.text.as_ptr();
+        recycle(Box::new(h));
+        let again = head("HEAD /b HTTP/1.0\r\n\r\n");
+        assert_eq!(again.text.as_ptr(), text, "the recycled text is reused");
+        assert_eq!(again.method, Method::Head);
+        assert!(!again.keep_alive);
+        assert_eq!(again.target(), "/b");
+        let none = [
+            again.range(),
+            again.if_match(),
+            again.if_none_match(),
+            again.user_agent(),
+        ];
+        assert_eq!(none, [None; 4]);
+        assert_eq!(again.if_range(), None);
+        assert_eq!(again.if_modified_since(), again.if_unmodified_since());
+    }
+
     fn error(raw: &str) -> ParseError {
         match parse_all(raw) {
             Err(e) => e,
@@ -406,8 +600,8 @@ mod tests {
         let raw = "GET /apk/a/b.apk?x=1 HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\nNEXT";
         let h = head(raw);
         assert_eq!(h.method, Method::Get);
-        assert_eq!(h.target, "/apk/a/b.apk?x=1");
-        assert_eq!(h.range.as_deref(), Some("bytes=0-1"));
+        assert_eq!(h.target(), "/apk/a/b.apk?x=1");
+        assert_eq!(h.range(), Some("bytes=0-1"));
         assert_eq!(h.len, raw.len() - 4);
         assert!(h.keep_alive);
     }
@@ -464,10 +658,13 @@ mod tests {
     #[test]
     fn absolute_form_becomes_origin_form() {
         assert_eq!(
-            head("GET http://h:80/a?b HTTP/1.1\r\nHost: x\r\n\r\n").target,
+            head("GET http://h:80/a?b HTTP/1.1\r\nHost: x\r\n\r\n").target(),
             "/a?b"
         );
-        assert_eq!(head("GET HTTP://h HTTP/1.1\r\nHost: x\r\n\r\n").target, "/");
+        assert_eq!(
+            head("GET HTTP://h HTTP/1.1\r\nHost: x\r\n\r\n").target(),
+            "/"
+        );
     }
 
     #[test]

@@ -205,14 +205,15 @@ impl Conn<'_> {
                         true,
                     ))
                     .await;
-                    finish(w, peer, &head.request_line, Some(&head), &reply, started);
+                    finish(w, peer, head.request_line(), Some(&head), &reply, started);
                     return false;
                 }
             }
         }
         gauge.set(ConnState::Writing);
         let reply = Box::pin(respond(stream, w, &st, &head, keep_alive)).await;
-        finish(w, peer, &head.request_line, Some(&head), &reply, started);
+        finish(w, peer, head.request_line(), Some(&head), &reply, started);
+        request::recycle(head);
         reply.keep && keep_alive
     }
 }
@@ -268,8 +269,8 @@ fn finish(
             request_line: line,
             status: r.status,
             body_bytes: r.relay.body_bytes,
-            referer: head.and_then(|h| h.referer.as_deref()),
-            user_agent: head.and_then(|h| h.user_agent.as_deref()),
+            referer: head.and_then(|h| h.referer()),
+            user_agent: head.and_then(|h| h.user_agent()),
             upstream_time: (r.relay.upstream_requests > 0)
                 .then_some(r.relay.upstream_time.as_secs_f64()),
             upstream_bytes: r.relay.upstream_bytes,
@@ -435,7 +436,7 @@ async fn respond(
     if head.method == Method::Other {
         return send_error(stream, &Failure::Method, is_head, head.minor, !keep_alive).await;
     }
-    let path = route::decode(&head.target);
+    let path = route::decode(head.target());
     let route = match &path {
         Ok(p) => route::route(&st.conf.http.locations, p),
         Err(e) => Err(*e),
@@ -486,9 +487,9 @@ async fn respond(
         }
         Err(f) => {
             if let Failure::Upstream(e) = &f {
-                log::error!("upstream: {} for {}", e, head.target);
+                log::error!("upstream: {} for {}", e, head.target());
             } else if let Failure::BadObject(m) = &f {
-                log::error!("{m} for {}", head.target);
+                log::error!("{m} for {}", head.target());
             }
             send_error(stream, &f, is_head, head.minor, !keep_alive).await
         }
@@ -583,11 +584,11 @@ async fn serve_composite(
 ) -> Reply {
     let is_get = req.method == Method::Get;
     let pre = Preconditions {
-        if_match: req.if_match.as_deref(),
-        if_none_match: req.if_none_match.as_deref(),
-        if_modified_since: req.if_modified_since.as_deref(),
-        if_unmodified_since: req.if_unmodified_since.as_deref(),
-        if_range: req.if_range.as_deref(),
+        if_match: req.if_match(),
+        if_none_match: req.if_none_match(),
+        if_modified_since: req.if_modified_since(),
+        if_unmodified_since: req.if_unmodified_since(),
+        if_range: req.if_range(),
     };
     let multipart_type: String;
     let mut resp = ResponseHead::new(200, c.len(), keep_alive, req.minor);
@@ -615,7 +616,7 @@ async fn serve_composite(
     resp.content_type = Some(c.content_type());
     resp.attachment = file_name;
     // RFC 9110 §14.2: Range is ignored on HEAD (SPEC §3).
-    let ranges = match (&req.range, is_get && honour_range) {
+    let ranges = match (req.range(), is_get && honour_range) {
         (Some(h), true) => range::parse(h, c.len(), st.conf.http.max_ranges),
         _ => RangeOutcome::Ignore,
     };
@@ -680,7 +681,7 @@ async fn serve_composite(
     if stats.resumes > 0 {
         log::warning!(
             "{}: resumed {} times after upstream failures ({} upstream requests)",
-            req.target,
+            req.target(),
             stats.resumes,
             stats.upstream_requests
         );
@@ -701,7 +702,7 @@ async fn serve_composite(
             log::error!(
                 "upstream: {e} after {} body bytes of {}: closing the client connection (truncated)",
                 stats.body_bytes,
-                req.target
+                req.target()
             );
             let _ = stream.shutdown(Shutdown::Both);
             reply.keep = false;
@@ -709,7 +710,7 @@ async fn serve_composite(
             reply
         }
         Err(e) => {
-            log::error!("upstream: {e} for {}", req.target);
+            log::error!("upstream: {e} for {}", req.target());
             let mut r =
                 send_error(stream, &Failure::Upstream(e), false, req.minor, !keep_alive).await;
             r.relay = RelayStats {
