@@ -8,6 +8,8 @@ TAILGATE_S3S_FS=$(bash scripts/setup.sh | tail -n 1)
 export TAILGATE_S3S_FS
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The fuzz targets (run with cargo-fuzz on nightly) must keep compiling against the library.
+(cd fuzz && cargo check --quiet)
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

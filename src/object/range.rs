@@ -24,7 +24,9 @@ impl ByteRange {
 pub enum RangeOutcome {
     /// Serve the whole representation with 200: no Range, bad syntax, or a refused shape.
     Ignore,
-    /// Serve these parts, in ascending order, disjoint and not adjacent; never empty.
+    /// Serve this one part (a single range, or several that merged into one).
+    One(ByteRange),
+    /// Serve these parts, in ascending order, disjoint and not adjacent; at least two.
     Parts(Vec<ByteRange>),
     /// No part overlaps the representation: 416 with `Content-Range: bytes */len`.
     Unsatisfiable,
@@ -42,6 +44,13 @@ pub fn parse(header: &str, len: u64, max_ranges: usize) -> RangeOutcome {
     };
     if !unit.trim_matches([' ', '\t']).eq_ignore_ascii_case("bytes") {
         return RangeOutcome::Ignore;
+    }
+    // The common case, one range, is answered without building a list.
+    if !set.contains(',') && max_ranges > 0 {
+        let Some(part) = parse_spec(set.trim_matches([' ', '\t'])) else {
+            return RangeOutcome::Ignore;
+        };
+        return resolve(part, len).map_or(RangeOutcome::Unsatisfiable, RangeOutcome::One);
     }
     let mut parts = Vec::new();
     let mut count = 0usize;
@@ -75,7 +84,10 @@ pub fn parse(header: &str, len: u64, max_ranges: usize) -> RangeOutcome {
     if overlap {
         return RangeOutcome::Ignore;
     }
-    RangeOutcome::Parts(parts)
+    match parts.as_slice() {
+        [one] => RangeOutcome::One(*one),
+        _ => RangeOutcome::Parts(parts),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +151,10 @@ mod tests {
     }
 
     fn parts(v: &[(u64, u64)]) -> RangeOutcome {
-        RangeOutcome::Parts(v.iter().map(|&(s, e)| r(s, e)).collect())
+        match v {
+            [(s, e)] => RangeOutcome::One(r(*s, *e)),
+            _ => RangeOutcome::Parts(v.iter().map(|&(s, e)| r(s, e)).collect()),
+        }
     }
 
     #[test]
@@ -232,8 +247,15 @@ mod tests {
         proptest! {
             #[test]
             fn parts_are_sorted_disjoint_and_inside(header in "bytes=[0-9, -]{0,40}", len in 0u64..5000) {
-                if let RangeOutcome::Parts(p) = parse(&header, len, 16) {
-                    prop_assert!(!p.is_empty());
+                let p = match parse(&header, len, 16) {
+                    RangeOutcome::One(r) => vec![r],
+                    RangeOutcome::Parts(p) => {
+                        prop_assert!(p.len() >= 2);
+                        p
+                    }
+                    _ => vec![],
+                };
+                {
                     for w in p.windows(2) {
                         prop_assert!(w[0].end < w[1].start);
                     }

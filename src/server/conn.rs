@@ -640,8 +640,7 @@ async fn serve_composite(
                 .map(Piece::Fetch),
             );
         }
-        RangeOutcome::Parts(parts) if parts.len() == 1 => {
-            let r = parts[0];
+        RangeOutcome::One(r) => {
             resp.status = 206;
             resp.content_length = Some(r.len());
             resp.content_range = Some(ContentRange::Bytes {
