@@ -101,9 +101,10 @@ pub struct Relay<'a> {
     pub large: &'a LargeBuffers,
 }
 
-/// A worker's idle relay buffers (`relay_buffer_size` each), reused instead of allocated for
-/// every request: a fresh 256 KiB allocation is glibc's slowest path (it consolidates the
-/// small free chunks first). At most [`IDLE_BUFFER_BYTES`] of them are kept idle.
+/// A worker's idle buffers of one size (relay buffers of `relay_buffer_size`, response
+/// heads), reused instead of allocated for every request: a fresh 256 KiB allocation is
+/// glibc's slowest path (it consolidates the small free chunks first). At most
+/// [`IDLE_BUFFER_BYTES`] of them, and at most 1024, are kept idle.
 pub struct Buffers {
     size: usize,
     keep: usize,
@@ -124,7 +125,7 @@ impl Buffers {
         }
     }
 
-    /// An empty buffer of `relay_buffer_size` capacity.
+    /// An empty buffer of the pool's size.
     pub fn take(&self) -> Vec<u8> {
         self.idle
             .borrow_mut()
@@ -132,8 +133,8 @@ impl Buffers {
             .unwrap_or_else(|| Vec::with_capacity(self.size))
     }
 
-    /// Keeps `buf` for the next request when it is a whole relay buffer and the pool is not
-    /// full; frees it otherwise.
+    /// Keeps `buf` for the next request when it still has the pool's size and the pool is
+    /// not full; frees it otherwise.
     pub fn give(&self, mut buf: Vec<u8>) {
         let mut idle = self.idle.borrow_mut();
         if buf.capacity() == self.size && idle.len() < self.keep {
@@ -205,22 +206,25 @@ enum Spliced {
 }
 
 impl Relay<'_> {
-    /// Sends `pieces`. `Err` means nothing was written and the client may still get an
-    /// error response; `Ok` reports how the body ended. `buf` is the worker's relay buffer.
+    /// Sends `head` (the response head; sent with the first body bytes) and then `pieces`.
+    /// `Err` means nothing was written and the client may still get an error response;
+    /// `Ok` reports how the body ended. `buf` is the worker's relay buffer; `head` is left
+    /// empty, its allocation kept where it could be.
     pub async fn run(
         &self,
-        pieces: Vec<Piece>,
+        head: &mut Vec<u8>,
+        pieces: &mut dyn Iterator<Item = Piece>,
         buf: Vec<u8>,
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
-        let mut pending: Vec<u8> = Vec::new();
+        let pending = head;
         let mut buf = buf;
         for piece in pieces {
             match piece {
-                Piece::Bytes(b) if pending.is_empty() => pending = b,
+                Piece::Bytes(b) if pending.is_empty() => *pending = b,
                 Piece::Bytes(b) => pending.extend_from_slice(&b),
                 Piece::Fetch(f) => {
-                    let (res, back) = self.fetch(f, &mut pending, buf, stats).await;
+                    let (res, back) = self.fetch(f, pending, buf, stats).await;
                     buf = back;
                     match res {
                         Ok(End::Complete) => {}
@@ -234,7 +238,9 @@ impl Relay<'_> {
             }
         }
         if !pending.is_empty() {
-            let (res, _) = self.write(pending, 0).await;
+            let (res, mut back) = self.write(std::mem::take(pending), 0).await;
+            back.clear();
+            *pending = back;
             if res.is_err() {
                 return (Ok(End::ClientGone), buf);
             }

@@ -620,26 +620,19 @@ async fn serve_composite(
         (Some(h), true) => range::parse(h, c.len(), st.conf.http.max_ranges),
         _ => RangeOutcome::Ignore,
     };
-    // The head, then a fetch per segment: room for both segments of a composite.
-    let mut pieces = Vec::with_capacity(3);
-    match ranges {
+    // The body: one span of the composite (all of it when Range is ignored), or the parts
+    // of a multipart body.
+    let mut multipart_body = Vec::new();
+    let span = match ranges {
         RangeOutcome::Unsatisfiable => {
             let mut r = ResponseHead::new(416, 0, keep_alive, req.minor);
             r.content_range = Some(ContentRange::Unsatisfied { total: c.len() });
             return head_only(stream, st, r).await;
         }
-        RangeOutcome::Ignore => {
-            pieces.extend(
-                plan::fetches(
-                    c,
-                    ByteRange {
-                        start: 0,
-                        end: c.len(),
-                    },
-                )
-                .map(Piece::Fetch),
-            );
-        }
+        RangeOutcome::Ignore => Some(ByteRange {
+            start: 0,
+            end: c.len(),
+        }),
         RangeOutcome::One(r) => {
             resp.status = 206;
             resp.content_length = Some(r.len());
@@ -648,7 +641,7 @@ async fn serve_composite(
                 last: r.end.saturating_sub(1),
                 total: c.len(),
             });
-            pieces.extend(plan::fetches(c, r).map(Piece::Fetch));
+            Some(r)
         }
         RangeOutcome::Parts(parts) => {
             let (len, body, boundary) = multipart(c, &parts);
@@ -656,14 +649,28 @@ async fn serve_composite(
             resp.content_length = Some(len);
             multipart_type = format!("multipart/byteranges; boundary={boundary}");
             resp.content_type = Some(&multipart_type);
-            pieces = body;
+            multipart_body = body;
+            None
         }
-    }
+    };
     let status = resp.status;
-    if !is_get || pieces.is_empty() {
+    let empty = span.map_or(multipart_body.is_empty(), |r| r.is_empty());
+    if !is_get || empty {
         return head_only(stream, st, resp).await;
     }
-    pieces.insert(0, Piece::Bytes(resp.encode()));
+    let (mut plan, mut list);
+    let pieces: &mut dyn Iterator<Item = Piece> = match span {
+        Some(r) => {
+            plan = plan::fetches(c, r).map(Piece::Fetch);
+            &mut plan
+        }
+        None => {
+            list = multipart_body.into_iter();
+            &mut list
+        }
+    };
+    let mut head = st.heads.take();
+    resp.encode_into(&mut head);
     let relay = Relay {
         client: stream,
         upstream: &st.upstream,
@@ -675,8 +682,11 @@ async fn serve_composite(
         large: &st.large,
     };
     let mut stats = RelayStats::default();
-    let (res, buf) = relay.run(pieces, st.buffers.take(), &mut stats).await;
+    let (res, buf) = relay
+        .run(&mut head, pieces, st.buffers.take(), &mut stats)
+        .await;
     st.buffers.give(buf);
+    st.heads.give(head);
     if stats.resumes > 0 {
         log::warning!(
             "{}: resumed {} times after upstream failures ({} upstream requests)",

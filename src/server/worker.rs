@@ -22,6 +22,9 @@ use crate::upstream::Upstream;
 
 use super::conn;
 
+/// A response head's buffer; a longer head (a long file name) grows its own.
+const HEAD_BUFFER: usize = 1024;
+
 /// What all workers share: the current conf generation, the stats registry, the access
 /// log writer, and the drain flag.
 pub(super) struct Shared {
@@ -59,6 +62,8 @@ pub(super) struct State {
     pub large: LargeBuffers,
     /// Idle relay buffers, `relay_buffer_size` each.
     pub buffers: Buffers,
+    /// Idle response-head buffers.
+    pub heads: Buffers,
 }
 
 impl State {
@@ -75,6 +80,7 @@ impl State {
             pipes: RefCell::new(Pipes::new(http.relay_buffer_size)),
             large: LargeBuffers::new(http.relay_large_buffers.0, http.relay_large_buffers.1),
             buffers: Buffers::new(http.relay_buffer_size),
+            heads: Buffers::new(HEAD_BUFFER),
             conf,
         })
     }
