@@ -98,7 +98,7 @@ pub(super) fn serve(
             }
             let st = w.state();
             let http = &st.conf.http;
-            let mut deadline = HeadDeadline::new(&buf, http);
+            let mut deadline = HeadDeadline::new();
             gauge.set(if buf.is_empty() {
                 ConnState::Waiting
             } else {
@@ -115,7 +115,6 @@ pub(super) fn serve(
                     Ok((Ok(n), slice)) if n > 0 => {
                         buf = slice.into_inner();
                         gauge.set(ConnState::Reading);
-                        deadline.got_bytes(http);
                     }
                     // The peer closed or failed: close without a response.
                     Ok(_) => break 'conn,
@@ -334,20 +333,23 @@ struct HeadDeadline {
 }
 
 impl HeadDeadline {
-    fn new(buf: &[u8], http: &Http) -> HeadDeadline {
-        HeadDeadline {
-            by: (!buf.is_empty()).then(|| Instant::now() + http.client_header_timeout),
-        }
+    fn new() -> HeadDeadline {
+        HeadDeadline { by: None }
     }
 
     /// A complete head in `buf`, a refused one, or where to read more (growing `buf` up to
     /// `client_header_buffer_size` when it is full). `first`: the connection's first head.
-    fn next(&self, buf: &mut Vec<u8>, http: &Http, first: bool) -> Next {
+    /// The head's clock starts when its first bytes are found incomplete, right after the
+    /// read that brought them: a head that comes whole in one read never reads the clock.
+    fn next(&mut self, buf: &mut Vec<u8>, http: &Http, first: bool) -> Next {
         let cap = http.client_header_buffer_size;
         if !buf.is_empty() {
             match request::parse(buf, cap) {
                 Ok(Parsed::Complete(h)) => return Next::Head(h),
-                Ok(Parsed::Partial) => {}
+                Ok(Parsed::Partial) => {
+                    self.by
+                        .get_or_insert_with(|| Instant::now() + http.client_header_timeout);
+                }
                 Err(e) => return Next::Error(e),
             }
         }
@@ -365,12 +367,6 @@ impl HeadDeadline {
             start: buf.len(),
             end: buf.capacity().min(cap),
         }
-    }
-
-    /// Bytes arrived: the head's clock runs from the first of them.
-    fn got_bytes(&mut self, http: &Http) {
-        self.by
-            .get_or_insert_with(|| Instant::now() + http.client_header_timeout);
     }
 }
 
