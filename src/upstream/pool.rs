@@ -1,4 +1,5 @@
-//! Per-worker bounded keep-alive pool of upstream connections (slab-backed). An idle
+//! Per-worker bounded keep-alive pool of upstream connections (slab-backed, with a stack of
+//! idle connections per key so that checkout and checkin take constant time). An idle
 //! connection is never left with a read pending (under io_uring a parked read would swallow
 //! the next response); instead its liveness is checked with a non-blocking
 //! `recv(MSG_PEEK)` at checkout (unless it was returned within the last second) and by a
@@ -26,11 +27,17 @@ struct Idle {
 
 pub struct Pool {
     idle: Slab<Idle>,
+    /// Per key, the slab indices of its idle connections, most recently returned last: a
+    /// checkout pops, a checkin pushes, neither scans the pool.
+    stacks: Vec<Vec<usize>>,
 }
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool { idle: Slab::new() }
+        Pool {
+            idle: Slab::new(),
+            stacks: Vec::new(),
+        }
     }
 }
 
@@ -39,13 +46,8 @@ impl Pool {
     /// on the way.
     pub fn checkout(&mut self, key: usize, now: Instant, timeout: Duration) -> Option<Transport> {
         loop {
-            let newest = self
-                .idle
-                .iter()
-                .filter(|(_, c)| c.key == key)
-                .max_by_key(|(_, c)| c.since)
-                .map(|(i, _)| i)?;
-            let c = self.idle.remove(newest);
+            let newest = self.stacks.get_mut(key)?.pop()?;
+            let c = self.idle.try_remove(newest)?;
             let idle = now.saturating_duration_since(c.since);
             if idle < timeout && (idle < FRESH || alive(&c.transport)) {
                 return Some(c.transport);
@@ -56,16 +58,21 @@ impl Pool {
 
     /// Keeps `transport` for reuse unless `key` already has `max` idle connections.
     pub fn checkin(&mut self, key: usize, transport: Transport, max: usize, now: Instant) {
-        let count = self.idle.iter().filter(|(_, c)| c.key == key).count();
-        if count >= max || transport.has_buffered() {
+        if self.stacks.len() <= key {
+            self.stacks.resize_with(key + 1, Vec::new);
+        }
+        let Some(stack) = self.stacks.get_mut(key) else {
+            return;
+        };
+        if stack.len() >= max || transport.has_buffered() {
             transport.shutdown();
             return;
         }
-        self.idle.insert(Idle {
+        stack.push(self.idle.insert(Idle {
             key,
             transport,
             since: now,
-        });
+        }));
     }
 
     /// Closes every connection that expired (per `timeout_of` its key) or whose peer closed.
@@ -78,6 +85,10 @@ impl Pool {
             }
             keep
         });
+        let idle = &self.idle;
+        for stack in &mut self.stacks {
+            stack.retain(|&i| idle.contains(i));
+        }
     }
 
     /// Closes everything, e.g. when a new conf generation replaces the blocks.
@@ -85,6 +96,7 @@ impl Pool {
         for c in self.idle.drain() {
             c.transport.shutdown();
         }
+        self.stacks.clear();
     }
 
     pub fn idle_count(&self) -> usize {
