@@ -124,3 +124,68 @@ fn alive(t: &Transport) -> bool {
         err.kind() == std::io::ErrorKind::WouldBlock
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` plain connections to a listener, with the listener's ends (kept open, or
+    /// dropped to make a connection dead).
+    async fn connections(n: usize) -> (Vec<Transport>, Vec<std::net::TcpStream>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..n {
+            ours.push(Transport::connect(addr, None).await.unwrap());
+            theirs.push(listener.accept().unwrap().0);
+        }
+        (ours, theirs)
+    }
+
+    #[test]
+    fn newest_first_bounded_per_key_and_dead_ones_dropped() {
+        tokio_uring::start(async {
+            let (conns, mut peers) = connections(5).await;
+            let fds: Vec<_> = conns.iter().map(Transport::raw_fd).collect();
+            let t0 = Instant::now();
+            let at = |s| t0 + Duration::from_secs(s);
+            let mut pool = Pool::default();
+            let mut conns = conns.into_iter();
+            for (key, s) in [(0, 1), (1, 2), (0, 3), (0, 4)] {
+                pool.checkin(key, conns.next().unwrap(), 2, at(s));
+            }
+            assert_eq!(pool.idle_count(), 3, "key 0 holds at most 2");
+            let long = Duration::from_secs(60);
+            // The newest of key 0 first (returned at 3 s; the one of 4 s was over the bound).
+            let got = pool.checkout(0, at(3), long).unwrap();
+            assert_eq!(got.raw_fd(), fds[2]);
+            pool.checkin(0, got, 2, at(5));
+            // Past FRESH an idle connection is checked: key 0's newest peer closes.
+            drop(peers.remove(2));
+            std::thread::sleep(Duration::from_millis(50));
+            let got = pool.checkout(0, at(7), long).unwrap();
+            assert_eq!(
+                got.raw_fd(),
+                fds[0],
+                "the dead newest was dropped on the way"
+            );
+            assert!(pool.checkout(0, at(7), long).is_none());
+            // Expired ones are dropped too, and a key never checked in has nothing.
+            assert!(pool.checkout(1, at(100), long).is_none());
+            assert!(pool.checkout(7, at(0), long).is_none());
+            assert_eq!(pool.idle_count(), 0);
+            // The sweep keeps the stacks in step with the slab.
+            pool.checkin(1, got, 2, at(8));
+            pool.checkin(1, conns.next().unwrap(), 2, at(9));
+            drop(peers.remove(0));
+            std::thread::sleep(Duration::from_millis(50));
+            pool.sweep(at(9), |_| long);
+            assert_eq!(pool.idle_count(), 1);
+            let got = pool.checkout(1, at(9), long).unwrap();
+            assert_eq!(got.raw_fd(), fds[4]);
+            pool.clear();
+            assert!(pool.checkout(1, at(9), long).is_none());
+        });
+    }
+}
