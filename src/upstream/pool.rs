@@ -163,7 +163,7 @@ mod tests {
             pool.checkin(0, got, 2, at(5));
             // Past FRESH an idle connection is checked: key 0's newest peer closes.
             drop(peers.remove(2));
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let got = pool.checkout(0, at(7), long).unwrap();
             assert_eq!(
                 got.raw_fd(),
@@ -179,7 +179,7 @@ mod tests {
             pool.checkin(1, got, 2, at(8));
             pool.checkin(1, conns.next().unwrap(), 2, at(9));
             drop(peers.remove(0));
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
             pool.sweep(at(9), |_| long);
             assert_eq!(pool.idle_count(), 1);
             let got = pool.checkout(1, at(9), long).unwrap();
