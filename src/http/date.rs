@@ -19,31 +19,39 @@ pub fn imf_fixdate(secs: u64) -> String {
 /// [`imf_fixdate`] without allocating (years past 9999 wrap).
 pub fn imf_fixdate_bytes(secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
     let (y, mo, d, h, mi, s) = civil(secs);
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
     out[..3].copy_from_slice(DAYS[(secs / 86_400 % 7) as usize]);
-    let month = MONTHS
-        .get(mo.saturating_sub(1) as usize)
-        .copied()
-        .unwrap_or(b"Jan");
-    out[8..11].copy_from_slice(month);
-    let mut put = |at: usize, width: usize, v: u64| {
-        let mut v = v;
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(5, 2, u64::from(d));
-    put(12, 4, y.rem_euclid(10_000) as u64);
-    put(17, 2, u64::from(h));
-    put(20, 2, u64::from(mi));
-    put(23, 2, u64::from(s));
+    out[8..11].copy_from_slice(month_name(mo).as_bytes());
+    put_digits(&mut out[5..7], u64::from(d));
+    put_digits(&mut out[12..16], y.rem_euclid(10_000) as u64);
+    put_digits(&mut out[17..19], u64::from(h));
+    put_digits(&mut out[20..22], u64::from(mi));
+    put_digits(&mut out[23..25], u64::from(s));
     out
+}
+
+/// ISO 8601 basic format in UTC, `YYYYMMDDTHHMMSSZ` (SigV4's `x-amz-date`), without
+/// allocating (years past 9999 wrap).
+pub fn iso8601_basic(secs: u64) -> [u8; 16] {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let mut out = *b"00000000T000000Z";
+    put_digits(&mut out[0..4], y.rem_euclid(10_000) as u64);
+    put_digits(&mut out[4..6], u64::from(mo));
+    put_digits(&mut out[6..8], u64::from(d));
+    put_digits(&mut out[9..11], u64::from(h));
+    put_digits(&mut out[11..13], u64::from(mi));
+    put_digits(&mut out[13..15], u64::from(s));
+    out
+}
+
+/// `v` in decimal, zero-padded to fill `out` (its high digits cut if it does not fit).
+fn put_digits(out: &mut [u8], v: u64) {
+    let mut v = v;
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Calls `f` with the current time as IMF-fixdate, formatted at most once a second on each
@@ -90,15 +98,20 @@ pub fn rfc3339(secs: u64) -> String {
 
 /// nginx's `$time_local` in UTC: `25/Nov/2026:10:00:00 +0000`.
 pub fn time_local(secs: u64) -> String {
+    let (y, m, d, h, mi, s) = civil(secs);
+    let month = month_name(m);
+    format!("{d:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000")
+}
+
+/// `Jan` for 1 … `Dec` for 12.
+fn month_name(month: u32) -> &'static str {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, m, d, h, mi, s) = civil(secs);
-    let month = MONTHS
-        .get(m.saturating_sub(1) as usize)
+    MONTHS
+        .get(month.saturating_sub(1) as usize)
         .copied()
-        .unwrap_or("Jan");
-    format!("{d:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000")
+        .unwrap_or("Jan")
 }
 
 #[cfg(test)]
@@ -117,6 +130,13 @@ mod tests {
         assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(now().len(), 29);
+    }
+
+    #[test]
+    fn iso8601_basic_is_fixed_width() {
+        assert_eq!(&iso8601_basic(0), b"19700101T000000Z");
+        assert_eq!(&iso8601_basic(1_369_353_600), b"20130524T000000Z");
+        assert_eq!(&iso8601_basic(4_102_444_799), b"20991231T235959Z");
     }
 
     proptest::proptest! {

@@ -3,6 +3,8 @@
 //! version, `Host`, `Content-Length`/`Transfer-Encoding`, header caps). This module never
 //! picks a status: `server::conn` maps each error to one.
 
+use super::{decimal, trim_ows as trim};
+
 /// The largest request body that is read and thrown away instead of refused.
 pub const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 
@@ -58,6 +60,28 @@ struct Span {
 }
 
 impl RequestHead {
+    /// A head with no fields yet, its text kept in `text` (empty).
+    fn new(method: Method, minor: u8, len: usize, text: String) -> RequestHead {
+        RequestHead {
+            method,
+            minor,
+            keep_alive: minor == 1,
+            body: Body::None,
+            len,
+            text,
+            target: Span::default(),
+            request_line: Span::default(),
+            range: None,
+            if_range: None,
+            if_match: None,
+            if_none_match: None,
+            if_modified_since: None,
+            if_unmodified_since: None,
+            user_agent: None,
+            referer: None,
+        }
+    }
+
     fn text_of(&self, span: Span) -> &str {
         self.text.get(span.start..span.end).unwrap_or_default()
     }
@@ -185,47 +209,15 @@ pub fn recycle(head: Box<RequestHead>) {
 
 /// A cleared head: a recycled one, or a new one.
 fn fresh_head(method: Method, minor: u8, len: usize) -> Box<RequestHead> {
-    let mut head = HEADS.with(|h| h.borrow_mut().pop()).unwrap_or_else(|| {
-        Box::new(RequestHead {
-            method,
-            minor,
-            keep_alive: false,
-            body: Body::None,
-            len,
-            text: String::new(),
-            target: Span::default(),
-            request_line: Span::default(),
-            range: None,
-            if_range: None,
-            if_match: None,
-            if_none_match: None,
-            if_modified_since: None,
-            if_unmodified_since: None,
-            user_agent: None,
-            referer: None,
-        })
-    });
-    let mut text = std::mem::take(&mut head.text);
-    text.clear();
-    *head = RequestHead {
-        method,
-        minor,
-        keep_alive: minor == 1,
-        body: Body::None,
-        len,
-        text,
-        target: Span::default(),
-        request_line: Span::default(),
-        range: None,
-        if_range: None,
-        if_match: None,
-        if_none_match: None,
-        if_modified_since: None,
-        if_unmodified_since: None,
-        user_agent: None,
-        referer: None,
-    };
-    head
+    match HEADS.with(|h| h.borrow_mut().pop()) {
+        Some(mut head) => {
+            let mut text = std::mem::take(&mut head.text);
+            text.clear();
+            *head = RequestHead::new(method, minor, len, text);
+            head
+        }
+        None => Box::new(RequestHead::new(method, minor, len, String::new())),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,25 +474,6 @@ fn valid_host(v: &[u8]) -> bool {
     }
     host.iter()
         .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
-}
-
-fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 fn leading_empty_lines(buf: &[u8]) -> usize {

@@ -2,6 +2,8 @@
 //! response must pass before one byte of it is relayed (nginx's slice rule): `206`, exactly
 //! the requested `Content-Range`, the manifest's ETag, the expected length.
 
+use crate::http::{decimal, trim_ows as trim};
+
 /// Upstream heads larger than this are refused.
 pub const MAX_UPSTREAM_HEAD: usize = 16 * 1024;
 
@@ -156,24 +158,6 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Refusal> {
         ));
     }
     Ok(Parsed::Complete(head))
-}
-
-/// HTTP whitespace (space, tab) trimmed from both ends.
-fn trim(v: &[u8]) -> &[u8] {
-    let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = v.iter().position(|b| !is_ws(b)).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
-    &v[start..end]
-}
-
-/// A non-empty run of ASCII digits as a number.
-fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 /// Checks a response to `Range: bytes=first-last` with `If-Match: etag`; `buf` is the

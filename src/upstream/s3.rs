@@ -114,7 +114,7 @@ pub fn sign_headers(input: &SignInput<'_>, keys: &DayKey, out: &mut Vec<u8>) -> 
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "signing: time before 1970".to_string())?
         .as_secs();
-    let date = amz_date(secs);
+    let date = date::iso8601_basic(secs);
     let amz_date = std::str::from_utf8(&date).map_err(|_| "signing: date".to_string())?;
     let day = &amz_date[..8];
     let payload_hash = input.payload_hash;
@@ -205,26 +205,6 @@ pub fn sign_headers(input: &SignInput<'_>, keys: &DayKey, out: &mut Vec<u8>) -> 
     out.extend_from_slice(&signature);
     out.extend_from_slice(b"\r\n");
     Ok(())
-}
-
-/// `x-amz-date` for Unix seconds: `YYYYMMDDTHHMMSSZ` (years past 9999 wrap, as no S3 cares).
-fn amz_date(secs: u64) -> [u8; 16] {
-    let (y, mo, d, h, mi, s) = date::civil(secs);
-    let mut out = *b"00000000T000000Z";
-    let mut put = |at: usize, width: usize, v: u64| {
-        let mut v = v;
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, y.rem_euclid(10_000) as u64);
-    put(4, 2, u64::from(mo));
-    put(6, 2, u64::from(d));
-    put(9, 2, u64::from(h));
-    put(11, 2, u64::from(mi));
-    put(13, 2, u64::from(s));
-    out
 }
 
 /// What an HTTP header value may hold (visible ASCII, space, tab, obs-text): anything else
@@ -747,13 +727,6 @@ mod tests {
             outer.update(inner.finalize());
             prop_assert_eq!(hex(&outer.finalize()), v4::calculate_signature(&key, &msg));
         }
-    }
-
-    #[test]
-    fn amz_dates_are_fixed_width() {
-        assert_eq!(&amz_date(0), b"19700101T000000Z");
-        assert_eq!(&amz_date(1_369_353_600), b"20130524T000000Z");
-        assert_eq!(&amz_date(4_102_444_799), b"20991231T235959Z");
     }
 
     #[test]
