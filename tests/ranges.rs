@@ -79,6 +79,19 @@ fn cases(etag: &str, h: u64, l: u64) -> Vec<Case> {
             p(&[(h - 1, l - 1)]),
         ),
         ("zero-open is 206".into(), r("bytes=0-"), p(&[(0, l - 1)])),
+        // Around the 32 KiB up to which the response head is copied in front of the first
+        // body bytes (beyond, they go out together by writev).
+        ("32 KiB".into(), r("bytes=100-32867"), p(&[(100, 32867)])),
+        (
+            "32 KiB and one".into(),
+            r("bytes=100-32868"),
+            p(&[(100, 32868)]),
+        ),
+        (
+            "32 KiB across the seam".into(),
+            r(&format!("bytes={}-{}", h - 16384, (h + 16383).min(l - 1))),
+            p(&[(h - 16384, (h + 16383).min(l - 1))]),
+        ),
         (
             "end clamped".into(),
             r("bytes=0-99999999"),
