@@ -8,8 +8,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(h.len <= data.len());
         let head = &data[..h.len];
         for field in [h.etag, h.content_range, h.last_modified, h.content_type] {
-            if let Some(text) = h.text(field, data) {
-                assert_eq!(h.text(field, head), Some(text));
+            if let Some(text) = field.and_then(|s| s.text(data)) {
+                assert_eq!(field.and_then(|s| s.text(head)), Some(text));
             }
         }
         let _ = h.meta(data);

@@ -8,16 +8,9 @@ thread_local! {
     static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
 }
 
-/// Formats Unix seconds as `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn imf_fixdate(secs: u64) -> String {
-    imf_fixdate_bytes(secs)
-        .into_iter()
-        .map(char::from)
-        .collect()
-}
-
-/// [`imf_fixdate`] without allocating (years past 9999 wrap).
-pub fn imf_fixdate_bytes(secs: u64) -> [u8; 29] {
+/// Formats Unix seconds as `Sun, 06 Nov 1994 08:49:37 GMT`, without allocating (years past
+/// 9999 wrap).
+pub fn imf_fixdate(secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
     let (y, mo, d, h, mi, s) = civil(secs);
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
@@ -62,7 +55,7 @@ pub fn with_now<R>(f: impl FnOnce(&str) -> R) -> R {
         .map_or(0, |d| d.as_secs());
     let (at, mut text) = CACHED.get();
     if at != secs {
-        text = imf_fixdate_bytes(secs);
+        text = imf_fixdate(secs);
         CACHED.set((secs, text));
     }
     f(std::str::from_utf8(&text).unwrap_or("Thu, 01 Jan 1970 00:00:00 GMT"))
@@ -125,10 +118,15 @@ mod tests {
         assert_eq!(time_local(784_111_777), "06/Nov/1994:08:49:37 +0000");
     }
 
+    /// [`imf_fixdate`] as text.
+    fn imf(secs: u64) -> String {
+        String::from_utf8(imf_fixdate(secs).to_vec()).unwrap()
+    }
+
     #[test]
     fn formats_rfc_example() {
-        assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(imf(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(now().len(), 29);
     }
 
@@ -144,7 +142,7 @@ mod tests {
         #[test]
         fn matches_httpdate(secs in 0u64..253_402_300_800) {
             let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            proptest::prop_assert_eq!(imf_fixdate(secs), httpdate::fmt_http_date(t));
+            proptest::prop_assert_eq!(imf(secs), httpdate::fmt_http_date(t));
         }
     }
 }

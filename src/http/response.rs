@@ -80,7 +80,7 @@ impl<'a> ResponseHead<'a> {
             let _ = write!(WriteTo(&mut line), "Content-Length: {len}\r\n");
         }
         if let Some(lm) = self.last_modified {
-            line(&[b"Last-Modified: ", &date::imf_fixdate_bytes(lm), b"\r\n"]);
+            line(&[b"Last-Modified: ", &date::imf_fixdate(lm), b"\r\n"]);
         }
         if let Some(etag) = self.etag {
             line(&[b"ETag: ", etag.as_bytes(), b"\r\n"]);

@@ -50,13 +50,9 @@ pub struct Meta {
 }
 
 impl UpstreamHead {
-    /// The text of a field of this head; `buf` is the buffer it was parsed from.
-    pub fn text<'b>(&self, field: Option<Span>, buf: &'b [u8]) -> Option<&'b str> {
-        field.and_then(|s| s.text(buf))
-    }
-
+    /// The fields to keep, copied out of `buf` (the buffer the head was parsed from).
     pub fn meta(&self, buf: &[u8]) -> Meta {
-        let owned = |f: Option<Span>| self.text(f, buf).map(str::to_string);
+        let owned = |f: Option<Span>| f.and_then(|s| s.text(buf)).map(str::to_string);
         Meta {
             status: self.status,
             content_length: self.content_length,
@@ -173,7 +169,8 @@ pub fn verify_segment(
         return Err(Refusal::Status(head.status));
     }
     let range = head
-        .text(head.content_range, buf)
+        .content_range
+        .and_then(|s| s.text(buf))
         .ok_or(Refusal::Mismatch("206 without Content-Range"))?;
     let (span, total) = range
         .strip_prefix("bytes ")
@@ -196,7 +193,7 @@ pub fn verify_segment(
             "Content-Range total does not cover the range",
         ));
     }
-    if head.text(head.etag, buf) != Some(etag) {
+    if head.etag.and_then(|s| s.text(buf)) != Some(etag) {
         return Err(Refusal::Mismatch("ETag differs from the manifest's"));
     }
     let want = last.checked_sub(first).and_then(|n| n.checked_add(1));
