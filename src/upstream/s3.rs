@@ -106,8 +106,9 @@ const MAX_SIGNED: usize = 8;
 
 /// Appends the header lines SigV4 adds (`x-amz-date`, `x-amz-content-sha256`,
 /// `x-amz-security-token` with a session token, `authorization`), each ending in CRLF, to
-/// `out`. The canonical request is hashed as it is produced, so signing allocates nothing
-/// but the signature's text. `keys` must only ever see one secret and region.
+/// `out`. The canonical request is hashed as it is produced and the string to sign lives
+/// in `out` just while it is signed, so signing allocates nothing beyond `out`'s growth.
+/// `keys` must only ever see one secret and region.
 pub fn sign_headers(input: &SignInput<'_>, keys: &DayKey, out: &mut Vec<u8>) -> Result<(), String> {
     let secs = input
         .time
