@@ -334,13 +334,21 @@ impl Relay<'_> {
             } else {
                 usize::MAX
             };
+            // The response is read behind room for what is pending (the response head), so
+            // the first body bytes go out behind it without being moved.
             let (opened, back) = self
                 .upstream
-                .open_segment(self.block, seg, (pos, f.end), first_read, buf)
+                .open_segment(
+                    self.block,
+                    seg,
+                    (pos, f.end),
+                    (pending.len(), first_read),
+                    buf,
+                )
                 .await;
             stats.upstream_time += started.elapsed();
             buf = back;
-            let mut body = match opened {
+            let (mut body, mut from) = match opened {
                 Ok(b) => b,
                 Err(e) => {
                     self.upstream.record(kind, Err(&e));
@@ -353,8 +361,9 @@ impl Relay<'_> {
             };
             loop {
                 // The bytes in `buf` are good even when the read after them fails.
-                let (sent, back) = self.send(buf, pending, stats).await;
+                let (sent, back) = self.send(buf, from, pending, stats).await;
                 buf = back;
+                from = buf.len();
                 let Ok(n) = sent else {
                     self.upstream.discard(body);
                     return (Ok(End::ClientGone), buf);
@@ -396,7 +405,7 @@ impl Relay<'_> {
                 buf = back;
                 if let Err(e) = res {
                     self.upstream.record(kind, Err(&e));
-                    let (sent, back) = self.send(buf, pending, stats).await;
+                    let (sent, back) = self.send(buf, from, pending, stats).await;
                     buf = back;
                     let Ok(n) = sent else {
                         return (Ok(End::ClientGone), buf);
@@ -492,9 +501,9 @@ impl Relay<'_> {
         let started = Instant::now();
         let (opened, mut buf) = self
             .upstream
-            .open_segment(self.block, seg, (seg.offset, end), usize::MAX, buf)
+            .open_segment(self.block, seg, (seg.offset, end), (0, usize::MAX), buf)
             .await;
-        let mut body = match opened {
+        let (mut body, mut from) = match opened {
             Ok(b) => b,
             Err(e) => {
                 stats.upstream_time += started.elapsed();
@@ -503,9 +512,11 @@ impl Relay<'_> {
             }
         };
         loop {
-            fill.bytes.extend_from_slice(&buf);
-            stats.upstream_bytes = stats.upstream_bytes.saturating_add(buf.len() as u64);
+            let got = buf.get(from..).unwrap_or_default();
+            fill.bytes.extend_from_slice(got);
+            stats.upstream_bytes = stats.upstream_bytes.saturating_add(got.len() as u64);
             buf.clear();
+            from = 0;
             if body.remaining() == 0 {
                 break;
             }
@@ -533,10 +544,20 @@ impl Relay<'_> {
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
         let mut buf = buf;
-        for chunk in part.chunks(buf.capacity().max(1)) {
+        let mut rest = part;
+        while !rest.is_empty() {
+            // Room for what is pending in front, as behind an upstream response head.
+            let room = if pending.len() <= buf.capacity() / 4 {
+                pending.len()
+            } else {
+                0
+            };
             buf.clear();
+            buf.resize(room, 0);
+            let (chunk, after) = rest.split_at(rest.len().min(buf.capacity() - room).max(1));
+            rest = after;
             buf.extend_from_slice(chunk);
-            let (sent, back) = self.send(buf, pending, stats).await;
+            let (sent, back) = self.send(buf, room, pending, stats).await;
             buf = back;
             if sent.is_err() {
                 return (Ok(End::ClientGone), buf);
@@ -545,24 +566,36 @@ impl Relay<'_> {
         (Ok(End::Complete), buf)
     }
 
-    /// Writes what is pending (our own bytes) and then `buf` (body bytes) to the client, and
-    /// empties `buf`. Returns the body bytes written.
+    /// Writes what is pending (our own bytes) and then `buf[from..]` (body bytes) to the
+    /// client. Returns the body bytes written. The bytes before `from` are free: what is
+    /// pending is written over their end when it fits there. `buf` comes back holding only
+    /// free bytes, the room still kept for what is pending when there was no body byte to
+    /// send it with; further body bytes are to be read in behind them.
     async fn send(
         &self,
         buf: Vec<u8>,
+        from: usize,
         pending: &mut Vec<u8>,
         stats: &mut Stats,
     ) -> (Result<u64, ()>, Vec<u8>) {
-        if buf.is_empty() {
+        let mut buf = buf;
+        if buf.len() <= from {
+            if pending.is_empty() {
+                buf.clear();
+            }
             return (Ok(0), buf);
         }
-        let n = buf.len() as u64;
+        let n = (buf.len() - from) as u64;
         let (res, mut buf) = if pending.is_empty() {
-            self.write(buf, 0).await
-        } else if buf.len() <= COALESCE && buf.len() + pending.len() <= buf.capacity() {
+            self.write(buf, from).await
+        } else if let Some(at) = from.checked_sub(pending.len()) {
+            buf[at..from].copy_from_slice(pending);
+            pending.clear();
+            self.write(buf, at).await
+        } else if buf.len() - from <= COALESCE && buf.len() + pending.len() <= buf.capacity() {
             // A short body goes out behind our bytes in its own buffer: one plain write,
             // and no iovec array allocated for a writev.
-            let mut buf = buf;
+            buf.drain(..from);
             let body = buf.len();
             buf.extend_from_slice(pending);
             buf.copy_within(..body, pending.len());
@@ -570,6 +603,7 @@ impl Relay<'_> {
             pending.clear();
             self.write(buf, 0).await
         } else {
+            buf.drain(..from);
             self.write_pair(std::mem::take(pending), buf).await
         };
         if res.is_err() {

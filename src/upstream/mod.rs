@@ -261,35 +261,39 @@ impl Upstream {
     }
 
     /// Opens `[start, end)` of `seg`'s object: `Range` + `If-Match`, head checked. On
-    /// success `buf` holds the first body bytes (at most `end - start`), read together with
-    /// the head in reads of at most `first_read` bytes.
+    /// success `buf[at..]` holds the first body bytes (at most `end - start`), read together
+    /// with the head in reads of at most `first_read` bytes, and `at` is returned beside the
+    /// body: the response is read behind `room` bytes left free for the caller's own bytes
+    /// (`at >= room`), so that they can go out in front of the body without moving it.
     pub async fn open_segment(
         &self,
         block: usize,
         seg: &Segment,
         (start, end): (u64, u64),
-        first_read: usize,
+        (room, first_read): (usize, usize),
         buf: Vec<u8>,
-    ) -> (Result<SegmentBody, UpstreamError>, Vec<u8>) {
+    ) -> (Result<(SegmentBody, usize), UpstreamError>, Vec<u8>) {
         let last = end.saturating_sub(1);
         let ask = Ask {
             range: Some((start, last)),
             if_match: Some(&seg.etag),
             ..Ask::whole("GET", &seg.key)
         };
-        let (res, mut buf) = self.exchange(block, &ask, buf, first_read).await;
-        let (transport, resp) = match res {
+        let (res, buf) = self.exchange(block, &ask, buf, (room, first_read)).await;
+        let (transport, resp, room) = match res {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
         };
-        if let Err(r) = response::verify_segment(&resp, &buf, start, last, &seg.etag) {
+        let head = buf.get(room..).unwrap_or_default();
+        if let Err(r) = response::verify_segment(&resp, head, start, last, &seg.etag) {
             transport.shutdown();
             return (Err(UpstreamError::new(ErrorKind::Refused(r))), buf);
         }
         // The bytes after the head are the first body bytes; never more than asked for.
-        buf.drain(..resp.len);
+        let at = room.saturating_add(resp.len).min(buf.len());
         let want = end.saturating_sub(start);
-        if buf.len() as u64 > want {
+        let got = (buf.len() - at) as u64;
+        if got > want {
             transport.shutdown();
             return (
                 Err(UpstreamError::new(ErrorKind::Refused(Refusal::Malformed(
@@ -298,15 +302,14 @@ impl Upstream {
                 buf,
             );
         }
-        let remaining = want.saturating_sub(buf.len() as u64);
         let body = SegmentBody {
             transport,
             block,
-            remaining,
+            remaining: want - got,
             keep_alive: resp.keep_alive,
             _active: Active::new(&self.stats),
         };
-        (Ok(body), buf)
+        (Ok((body, at)), buf)
     }
 
     /// Appends the next body bytes to `buf` (never past the body's end), with `read_timeout`.
@@ -437,10 +440,10 @@ impl Upstream {
                 block,
                 &Ask::whole(method, key),
                 Vec::with_capacity(response::MAX_UPSTREAM_HEAD),
-                response::MAX_UPSTREAM_HEAD,
+                (0, response::MAX_UPSTREAM_HEAD),
             )
             .await;
-        let (transport, resp) = res?;
+        let (transport, resp, _) = res?;
         let fail = |t: Transport, kind| {
             t.shutdown();
             Err(UpstreamError::new(kind))
@@ -498,18 +501,24 @@ impl Upstream {
     }
 
     /// Sends the request `ask` on a pooled or fresh connection and reads the response head
-    /// into `buf`, which also carries the signed request head out (which then also holds any
-    /// body bytes that came with it, up to `limit` bytes in all;
-    /// a head must fit in `limit` and the buffer). A failure on a reused
-    /// connection before any response byte is retried once on a fresh one, as nginx and
-    /// Pingora do: the peer may have closed it just as it was taken.
+    /// into `buf`, which also carries the signed request head out. The response is read
+    /// behind `room` bytes (returned: none when they would take more than a quarter of the
+    /// buffer), and with the head come any body bytes that arrived with it, up to `limit`
+    /// bytes in all; a head must fit in `limit` and the buffer. The head's spans are into
+    /// `buf[room..]`. A failure on a reused connection before any response byte is retried
+    /// once on a fresh one, as nginx and Pingora do: the peer may have closed it just as it
+    /// was taken.
     async fn exchange(
         &self,
         block: usize,
         ask: &Ask<'_>,
         buf: Vec<u8>,
-        limit: usize,
-    ) -> (Result<(Transport, UpstreamHead), UpstreamError>, Vec<u8>) {
+        (room, limit): (usize, usize),
+    ) -> (
+        Result<(Transport, UpstreamHead, usize), UpstreamError>,
+        Vec<u8>,
+    ) {
+        let room = if room <= buf.capacity() / 4 { room } else { 0 };
         let Some(b) = self.blocks.get(block) else {
             return (
                 Err(UpstreamError::new(ErrorKind::Sign(
@@ -525,10 +534,10 @@ impl Upstream {
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
-            let (res, back) = self.exchange_on(block, t, ask, buf, limit).await;
+            let (res, back) = self.exchange_on(block, t, ask, buf, (room, limit)).await;
             buf = back;
             match res {
-                Ok(v) => return (Ok(v), buf),
+                Ok((t, h)) => return (Ok((t, h, room)), buf),
                 // A stale connection fails at once; a timeout is the upstream being slow, and
                 // waiting for it twice would only double the wait.
                 Err((e, any_byte)) if any_byte || !e.retryable || e.is_timeout() => {
@@ -546,8 +555,8 @@ impl Upstream {
             Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
             Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
         };
-        let (res, buf) = self.exchange_on(block, t, ask, buf, limit).await;
-        (res.map_err(|(e, _)| e), buf)
+        let (res, buf) = self.exchange_on(block, t, ask, buf, (room, limit)).await;
+        (res.map(|(t, h)| (t, h, room)).map_err(|(e, _)| e), buf)
     }
 
     /// One request on one connection. The error says whether any response byte arrived.
@@ -557,7 +566,7 @@ impl Upstream {
         mut t: Transport,
         ask: &Ask<'_>,
         buf: Vec<u8>,
-        limit: usize,
+        (room, limit): (usize, usize),
     ) -> (
         Result<(Transport, UpstreamHead), (UpstreamError, bool)>,
         Vec<u8>,
@@ -589,11 +598,17 @@ impl Upstream {
                 );
             }
         };
-        buf.clear();
-        let limit = limit.min(buf.capacity());
+        // The room in front keeps whatever bytes were there (the request head's): the caller
+        // writes over them.
+        if buf.len() >= room {
+            buf.truncate(room);
+        } else {
+            buf.resize(room, 0);
+        }
+        let end = room.saturating_add(limit).min(buf.capacity());
         loop {
-            let room = limit.saturating_sub(buf.len());
-            let got = tokio::time::timeout(timeout, t.read(buf, room)).await;
+            let max = end.saturating_sub(buf.len());
+            let got = tokio::time::timeout(timeout, t.read(buf, max)).await;
             let Ok((res, back)) = got else {
                 t.shutdown();
                 return (
@@ -602,7 +617,7 @@ impl Upstream {
                 );
             };
             buf = back;
-            let any = !buf.is_empty();
+            let any = buf.len() > room;
             match res {
                 Ok(0) => {
                     t.shutdown();
@@ -614,9 +629,9 @@ impl Upstream {
                     return (Err((UpstreamError::new(ErrorKind::Io(e)), any)), buf);
                 }
             }
-            match response::parse(&buf) {
+            match response::parse(buf.get(room..).unwrap_or_default()) {
                 Ok(Parsed::Complete(h)) => return (Ok((t, h)), buf),
-                Ok(Parsed::Partial) if buf.len() < limit => {}
+                Ok(Parsed::Partial) if buf.len() < end => {}
                 Ok(Parsed::Partial) => {
                     t.shutdown();
                     return (
