@@ -3,10 +3,12 @@
 //! request, which for tailgate's few header shapes is a handful of lines, is hashed here as
 //! it is written, and the final HMAC starts from states keyed once per UTC day, so that a
 //! request costs neither the four key HMACs nor the crate's general request model (about
-//! 6 µs a request), nor an allocation. The tests hold the result to `aws-sigv4`'s complete
-//! signer, the HMAC to its `calculate_signature`, and both to AWS's published vector. Pure
-//! apart from the per-day key cache: the signing time is a parameter. Produces the bytes
-//! of a request head; sends nothing.
+//! 6 µs a request), nor an allocation. `Range` is sent but not signed, so the ranges of one
+//! object asked for within one second share their signature, which is kept and copied.
+//! The tests hold the result to `aws-sigv4`'s complete signer, the HMAC to its
+//! `calculate_signature`, and both to AWS's published vector. Pure apart from the key and
+//! signature caches: the signing time is a parameter. Produces the bytes of a request
+//! head; sends nothing.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -110,11 +112,7 @@ const MAX_SIGNED: usize = 8;
 /// in `out` just while it is signed, so signing allocates nothing beyond `out`'s growth.
 /// `keys` must only ever see one secret and region.
 pub fn sign_headers(input: &SignInput<'_>, keys: &DayKey, out: &mut Vec<u8>) -> Result<(), String> {
-    let secs = input
-        .time
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| "signing: time before 1970".to_string())?
-        .as_secs();
+    let secs = unix_secs(input.time)?;
     let date = date::iso8601_basic(secs);
     let amz_date = std::str::from_utf8(&date).map_err(|_| "signing: date".to_string())?;
     let day = &amz_date[..8];
@@ -208,6 +206,13 @@ pub fn sign_headers(input: &SignInput<'_>, keys: &DayKey, out: &mut Vec<u8>) -> 
     Ok(())
 }
 
+/// Whole seconds since 1970: SigV4 dates have no finer grain.
+fn unix_secs(time: SystemTime) -> Result<u64, String> {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| "signing: time before 1970".to_string())
+}
+
 /// What an HTTP header value may hold (visible ASCII, space, tab, obs-text): anything else
 /// would let a value end the header early.
 fn valid_value(v: &str) -> bool {
@@ -272,8 +277,8 @@ impl<'a> Ask<'a> {
     }
 }
 
-/// Signed request heads for one `s3` block: the addressing worked out once, and the day's
-/// signing key kept.
+/// Signed request heads for one `s3` block: the addressing worked out once, the day's
+/// signing key and the latest signatures kept.
 pub struct Signer {
     conf: S3,
     authority: String,
@@ -282,6 +287,77 @@ pub struct Signer {
     keys: DayKey,
     /// The encoded path of the head being built.
     scratch: RefCell<String>,
+    recent: RefCell<Recent>,
+}
+
+/// How many signatures [`Recent`] keeps: the objects a worker asks for within one second,
+/// when many clients fetch a few hot packages.
+const RECENT: usize = 8;
+
+/// The SigV4 header lines of the latest requests, by what they sign. `Range` is sent but
+/// not signed (S3 requires `host` and the `x-amz-` headers only; a changed range would
+/// not get past the `Content-Range` check of the response), so every range of an object
+/// asked for within the same second carries the same lines: they are copied, not hashed
+/// again.
+#[derive(Default)]
+struct Recent {
+    entries: Vec<Signed>,
+    /// The entry the next new signature replaces once all are in use.
+    next: usize,
+}
+
+#[derive(Default)]
+struct Signed {
+    secs: u64,
+    method: String,
+    key: String,
+    if_match: Option<String>,
+    /// What [`sign_headers`] appended.
+    lines: Vec<u8>,
+}
+
+impl Signed {
+    fn covers(&self, secs: u64, method: &str, key: &str, if_match: Option<&str>) -> bool {
+        self.secs == secs
+            && self.method == method
+            && self.key == key
+            && self.if_match.as_deref() == if_match
+    }
+}
+
+impl Recent {
+    fn find(&self, secs: u64, method: &str, key: &str, if_match: Option<&str>) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| e.covers(secs, method, key, if_match))
+            .map(|e| e.lines.as_slice())
+    }
+
+    /// Keeps `lines`, reusing the allocations of the entry it replaces.
+    fn keep(&mut self, secs: u64, method: &str, key: &str, if_match: Option<&str>, lines: &[u8]) {
+        if self.entries.len() < RECENT {
+            self.entries.push(Signed::default());
+            self.next = self.entries.len() - 1;
+        }
+        let Some(e) = self.entries.get_mut(self.next) else {
+            return;
+        };
+        self.next = (self.next + 1) % RECENT;
+        e.secs = secs;
+        e.method.clear();
+        e.method.push_str(method);
+        e.key.clear();
+        e.key.push_str(key);
+        match (&mut e.if_match, if_match) {
+            (Some(kept), Some(m)) => {
+                kept.clear();
+                kept.push_str(m);
+            }
+            (kept, m) => *kept = m.map(str::to_string),
+        }
+        e.lines.clear();
+        e.lines.extend_from_slice(lines);
+    }
 }
 
 impl Signer {
@@ -303,6 +379,7 @@ impl Signer {
             prefix,
             keys: DayKey::default(),
             scratch: RefCell::new(String::new()),
+            recent: RefCell::default(),
         }
     }
 
@@ -311,8 +388,8 @@ impl Signer {
     }
 
     /// Appends the signed request head `ask` describes to `out`; the bytes end with the
-    /// blank line. Allocates nothing once `out` and the scratch space have grown to a
-    /// head's size.
+    /// blank line. `Range` is sent unsigned (see [`Recent`]). Allocates nothing once `out`,
+    /// the scratch space and the kept signatures have grown to a head's size.
     pub fn request_head(
         &self,
         ask: &Ask<'_>,
@@ -341,19 +418,8 @@ impl Signer {
             )?),
             None => None,
         };
-        let mut extra = [("", ""); 2];
-        let mut n = 0;
-        for h in [
-            if_match.map(|e| ("if-match", e)),
-            range_value.map(|r| ("range", r)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            extra[n] = h;
-            n += 1;
-        }
-        let extra = &extra[..n];
+        let signed_match = if_match.map(|e| [("if-match", e)]);
+        let unsigned_range = range_value.map(|r| ("range", r));
         for part in [method, " ", path, " HTTP/1.1\r\nHost: ", authority] {
             out.extend_from_slice(part.as_bytes());
         }
@@ -361,18 +427,29 @@ impl Signer {
         if let Some(n) = content_length {
             let _ = write!(out, "Content-Length: {n}\r\n");
         }
-        for (name, value) in extra {
+        let headers = signed_match.as_ref().map_or(&[][..], |h| &h[..]);
+        for (name, value) in headers.iter().chain(&unsigned_range) {
+            if !valid_value(value) {
+                return Err(format!("request head: invalid value for header {name}"));
+            }
             for part in [name, ": ", value, "\r\n"] {
                 out.extend_from_slice(part.as_bytes());
             }
         }
+        let secs = unix_secs(time)?;
+        if let Some(lines) = self.recent.borrow().find(secs, method, key, if_match) {
+            out.extend_from_slice(lines);
+            out.extend_from_slice(b"\r\n");
+            return Ok(());
+        }
         let s3 = &self.conf;
+        let mark = out.len();
         sign_headers(
             &SignInput {
                 method,
                 authority,
                 path,
-                headers: extra,
+                headers,
                 region: &s3.region,
                 access_key_id: &s3.access_key_id,
                 secret_access_key: &s3.secret_access_key,
@@ -383,6 +460,10 @@ impl Signer {
             &self.keys,
             out,
         )?;
+        let lines = out.get(mark..).unwrap_or_default();
+        self.recent
+            .borrow_mut()
+            .keep(secs, method, key, if_match, lines);
         out.extend_from_slice(b"\r\n");
         Ok(())
     }
@@ -690,7 +771,7 @@ mod tests {
             method: "GET",
             authority: "127.0.0.1:9000",
             path: "/apks/a%20b/c.apk",
-            headers: &[("if-match", "\"e\""), ("range", "bytes=5-104")],
+            headers: &[("if-match", "\"e\"")],
             region: "us-east-1",
             access_key_id: "AK",
             secret_access_key: "SK",
@@ -704,10 +785,19 @@ mod tests {
                 "{name}"
             );
         }
+        assert!(
+            text.contains("SignedHeaders=host;if-match;x-amz-content-sha256;x-amz-date,"),
+            "{text}"
+        );
         // The same head again, into a used buffer: appended, and identical.
         signer.request_head(&ask, time, &mut out).unwrap();
         assert_eq!(out.len(), 2 * text.len());
         assert_eq!(&out[text.len()..], text.as_bytes());
+        let evil = Ask {
+            if_match: Some("\"e\"\r\nX-Evil: 1"),
+            ..ask
+        };
+        assert!(signer.request_head(&evil, time, &mut out).is_err());
         let put = Ask {
             content_length: Some(7),
             ..Ask::whole("PUT", "k")
@@ -717,6 +807,75 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("\r\nContent-Length: 7\r\n"));
+    }
+
+    /// A head whose signed parts match one signed before in the same second carries that
+    /// one's lines (copied from the kept signatures), which are what a fresh signer writes;
+    /// any other second, object or If-Match gets lines of its own.
+    #[test]
+    fn kept_signatures_serve_only_identical_signed_parts() {
+        let conf = crate::conf::Config::parse(
+            "t.conf",
+            "http { listen 127.0.0.1:1; s3 b { endpoint http://127.0.0.1:9000; region us-east-1; \
+             bucket apks; access_key_id AK; secret_access_key SK; session_token T; } }",
+            &crate::conf::ProcessEnv,
+        )
+        .unwrap();
+        let s3 = &conf.http.s3[0];
+        let kept = Signer::new(s3);
+        let auth = |signer: &Signer, ask: &Ask<'_>, secs: u64| {
+            let mut out = Vec::new();
+            let time = UNIX_EPOCH + Duration::from_millis(secs);
+            signer.request_head(ask, time, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("x-amz-") || l.starts_with("authorization"))
+                .map(str::to_string)
+                .collect();
+            assert_eq!(lines.len(), 4, "{text}");
+            lines
+        };
+        let at = |first| Ask {
+            range: Some((first, first + 99)),
+            if_match: Some("\"e\""),
+            ..Ask::whole("GET", "k.apk")
+        };
+        let t = 1_700_000_000_000;
+        let first = auth(&kept, &at(0), t);
+        assert_eq!(auth(&kept, &at(500), t + 999), first, "same second");
+        assert_eq!(auth(&Signer::new(s3), &at(500), t + 999), first, "as fresh");
+        assert_ne!(auth(&kept, &at(0), t + 1000), first, "next second");
+        let other = [
+            Ask {
+                key: "l.apk",
+                ..at(0)
+            },
+            Ask {
+                if_match: Some("\"f\""),
+                ..at(0)
+            },
+            Ask {
+                if_match: None,
+                ..at(0)
+            },
+            Ask {
+                method: "HEAD",
+                ..at(0)
+            },
+        ];
+        for ask in &other {
+            let fresh = auth(&Signer::new(s3), ask, t);
+            assert_ne!(fresh, first, "{ask:?}");
+            assert_eq!(auth(&kept, ask, t), fresh, "{ask:?}");
+        }
+        // More objects in one second than are kept: each still signed right.
+        for i in 0..3 * RECENT {
+            let key = format!("{i}.apk");
+            let ask = Ask { key: &key, ..at(0) };
+            assert_eq!(auth(&kept, &ask, t), auth(&Signer::new(s3), &ask, t));
+        }
+        assert_eq!(auth(&kept, &at(7), t), first);
     }
 
     proptest! {
