@@ -741,16 +741,19 @@ mod tests {
         );
     }
 
+    /// An `s3` block for bucket `apks` on 127.0.0.1:9000, with `extra` directives.
+    fn s3_block(extra: &str) -> S3 {
+        let text = format!(
+            "http {{ listen 127.0.0.1:1; s3 b {{ endpoint http://127.0.0.1:9000; \
+             region us-east-1; bucket apks; access_key_id AK; secret_access_key SK; {extra} }} }}"
+        );
+        let conf = crate::conf::Config::parse("t.conf", &text, &crate::conf::ProcessEnv).unwrap();
+        conf.http.s3[0].clone()
+    }
+
     #[test]
     fn request_heads_are_complete_and_signed() {
-        let conf = crate::conf::Config::parse(
-            "t.conf",
-            "http { listen 127.0.0.1:1; s3 b { endpoint http://127.0.0.1:9000; region us-east-1; \
-             bucket apks; access_key_id AK; secret_access_key SK; } }",
-            &crate::conf::ProcessEnv,
-        )
-        .unwrap();
-        let signer = Signer::new(&conf.http.s3[0]);
+        let signer = Signer::new(&s3_block(""));
         let time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ask = Ask {
             range: Some((5, 104)),
@@ -814,14 +817,7 @@ mod tests {
     /// any other second, object or If-Match gets lines of its own.
     #[test]
     fn kept_signatures_serve_only_identical_signed_parts() {
-        let conf = crate::conf::Config::parse(
-            "t.conf",
-            "http { listen 127.0.0.1:1; s3 b { endpoint http://127.0.0.1:9000; region us-east-1; \
-             bucket apks; access_key_id AK; secret_access_key SK; session_token T; } }",
-            &crate::conf::ProcessEnv,
-        )
-        .unwrap();
-        let s3 = &conf.http.s3[0];
+        let s3 = &s3_block("session_token T;");
         let kept = Signer::new(s3);
         let auth = |signer: &Signer, ask: &Ask<'_>, secs: u64| {
             let mut out = Vec::new();
