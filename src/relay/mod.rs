@@ -198,6 +198,16 @@ impl Drop for LargeSlot<'_> {
 /// with them by `writev`.
 const COALESCE: usize = 32 * 1024;
 
+/// The bytes to keep free in front of body bytes read into `buf`, for what is pending to be
+/// copied there: all of it, unless it would take more than a quarter of the buffer.
+fn room(pending: &[u8], buf: &Vec<u8>) -> usize {
+    if pending.len() <= buf.capacity() / 4 {
+        pending.len()
+    } else {
+        0
+    }
+}
+
 /// How a spliced part of a body ended.
 enum Spliced {
     Complete,
@@ -342,7 +352,7 @@ impl Relay<'_> {
                     self.block,
                     seg,
                     (pos, f.end),
-                    (pending.len(), first_read),
+                    (room(pending, &buf), first_read),
                     buf,
                 )
                 .await;
@@ -547,11 +557,7 @@ impl Relay<'_> {
         let mut rest = part;
         while !rest.is_empty() {
             // Room for what is pending in front, as behind an upstream response head.
-            let room = if pending.len() <= buf.capacity() / 4 {
-                pending.len()
-            } else {
-                0
-            };
+            let room = room(pending, &buf);
             buf.clear();
             buf.resize(room, 0);
             let (chunk, after) = rest.split_at(rest.len().min(buf.capacity() - room).max(1));

@@ -502,9 +502,9 @@ impl Upstream {
 
     /// Sends the request `ask` on a pooled or fresh connection and reads the response head
     /// into `buf`, which also carries the signed request head out. The response is read
-    /// behind `room` bytes (returned: none when they would take more than a quarter of the
-    /// buffer), and with the head come any body bytes that arrived with it, up to `limit`
-    /// bytes in all; a head must fit in `limit` and the buffer. The head's spans are into
+    /// behind `room` bytes (returned: none when they would leave less than three quarters
+    /// of the buffer), and with the head come any body bytes that arrived with it, up to
+    /// `limit` bytes in all; a head must fit in `limit` and the buffer. The head's spans are into
     /// `buf[room..]`. A failure on a reused connection before any response byte is retried
     /// once on a fresh one, as nginx and Pingora do: the peer may have closed it just as it
     /// was taken.
