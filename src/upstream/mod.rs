@@ -264,7 +264,8 @@ impl Upstream {
     /// success `buf[at..]` holds the first body bytes (at most `end - start`), read together
     /// with the head in reads of at most `first_read` bytes, and `at` is returned beside the
     /// body: the response is read behind `room` bytes left free for the caller's own bytes
-    /// (`at >= room`), so that they can go out in front of the body without moving it.
+    /// (`at >= room`), so that they can go out in front of the body without moving it;
+    /// `room` must leave the buffer room for the head (the relay keeps it to a quarter).
     pub async fn open_segment(
         &self,
         block: usize,
@@ -280,7 +281,7 @@ impl Upstream {
             ..Ask::whole("GET", &seg.key)
         };
         let (res, buf) = self.exchange(block, &ask, buf, (room, first_read)).await;
-        let (transport, resp, room) = match res {
+        let (transport, resp) = match res {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
         };
@@ -443,7 +444,7 @@ impl Upstream {
                 (0, response::MAX_UPSTREAM_HEAD),
             )
             .await;
-        let (transport, resp, _) = res?;
+        let (transport, resp) = res?;
         let fail = |t: Transport, kind| {
             t.shutdown();
             Err(UpstreamError::new(kind))
@@ -502,23 +503,18 @@ impl Upstream {
 
     /// Sends the request `ask` on a pooled or fresh connection and reads the response head
     /// into `buf`, which also carries the signed request head out. The response is read
-    /// behind `room` bytes (returned: none when they would leave less than three quarters
-    /// of the buffer), and with the head come any body bytes that arrived with it, up to
-    /// `limit` bytes in all; a head must fit in `limit` and the buffer. The head's spans are into
-    /// `buf[room..]`. A failure on a reused connection before any response byte is retried
-    /// once on a fresh one, as nginx and Pingora do: the peer may have closed it just as it
-    /// was taken.
+    /// behind `room` bytes, and with the head come any body bytes that arrived with it, up
+    /// to `limit` bytes in all; a head must fit in `limit` and the buffer. The head's spans
+    /// are into `buf[room..]`. A failure on a reused connection before any response byte is
+    /// retried once on a fresh one, as nginx and Pingora do: the peer may have closed it
+    /// just as it was taken.
     async fn exchange(
         &self,
         block: usize,
         ask: &Ask<'_>,
         buf: Vec<u8>,
         (room, limit): (usize, usize),
-    ) -> (
-        Result<(Transport, UpstreamHead, usize), UpstreamError>,
-        Vec<u8>,
-    ) {
-        let room = if room <= buf.capacity() / 4 { room } else { 0 };
+    ) -> (Result<(Transport, UpstreamHead), UpstreamError>, Vec<u8>) {
         let Some(b) = self.blocks.get(block) else {
             return (
                 Err(UpstreamError::new(ErrorKind::Sign(
@@ -537,7 +533,7 @@ impl Upstream {
             let (res, back) = self.exchange_on(block, t, ask, buf, (room, limit)).await;
             buf = back;
             match res {
-                Ok((t, h)) => return (Ok((t, h, room)), buf),
+                Ok(v) => return (Ok(v), buf),
                 // A stale connection fails at once; a timeout is the upstream being slow, and
                 // waiting for it twice would only double the wait.
                 Err((e, any_byte)) if any_byte || !e.retryable || e.is_timeout() => {
@@ -556,7 +552,7 @@ impl Upstream {
             Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
         };
         let (res, buf) = self.exchange_on(block, t, ask, buf, (room, limit)).await;
-        (res.map(|(t, h)| (t, h, room)).map_err(|(e, _)| e), buf)
+        (res.map_err(|(e, _)| e), buf)
     }
 
     /// One request on one connection. The error says whether any response byte arrived.
