@@ -11,4 +11,5 @@ pub mod pack;
 pub mod relay;
 pub mod route;
 pub mod server;
+pub mod timer;
 pub mod upstream;

@@ -22,6 +22,7 @@ use crate::metrics::Segment as Kind;
 use crate::object::composite::{Composite, Segment};
 use crate::object::plan::Fetch;
 use crate::object::tail_cache::TailCache;
+use crate::timer::Timer;
 use crate::upstream::{ErrorKind, SegmentBody, Upstream, UpstreamError};
 use splice::{Failure, Link, Pipes, Progress, Timeouts, UpstreamFailure};
 
@@ -94,6 +95,8 @@ pub struct Relay<'a> {
     pub block: usize,
     pub composite: &'a Composite,
     pub send_timeout: Duration,
+    /// The client connection's timeout slot, for its upstream requests too.
+    pub timer: &'a Timer<'a>,
     pub tails: &'a RefCell<TailCache>,
     /// The worker's pipes when `relay_splice` is on.
     pub pipes: Option<&'a RefCell<Pipes>>,
@@ -349,6 +352,7 @@ impl Relay<'_> {
             let (opened, back) = self
                 .upstream
                 .open_segment(
+                    self.timer,
                     self.block,
                     seg,
                     (pos, f.end),
@@ -410,7 +414,7 @@ impl Relay<'_> {
                     }
                 }
                 let started = Instant::now();
-                let (res, back) = self.upstream.read_body(&mut body, buf).await;
+                let (res, back) = self.upstream.read_body(self.timer, &mut body, buf).await;
                 stats.upstream_time += started.elapsed();
                 buf = back;
                 if let Err(e) = res {
@@ -511,7 +515,14 @@ impl Relay<'_> {
         let started = Instant::now();
         let (opened, mut buf) = self
             .upstream
-            .open_segment(self.block, seg, (seg.offset, end), (0, usize::MAX), buf)
+            .open_segment(
+                self.timer,
+                self.block,
+                seg,
+                (seg.offset, end),
+                (0, usize::MAX),
+                buf,
+            )
             .await;
         let (mut body, mut from) = match opened {
             Ok(b) => b,
@@ -530,7 +541,7 @@ impl Relay<'_> {
             if body.remaining() == 0 {
                 break;
             }
-            let (res, back) = self.upstream.read_body(&mut body, buf).await;
+            let (res, back) = self.upstream.read_body(self.timer, &mut body, buf).await;
             buf = back;
             if let Err(e) = res {
                 stats.upstream_time += started.elapsed();
@@ -628,7 +639,7 @@ impl Relay<'_> {
         let first_len = first.len();
         let cap = body.capacity();
         let writev = self.client.writev(vec![first, body]);
-        let (n, mut bufs) = match tokio::time::timeout(self.send_timeout, writev).await {
+        let (n, mut bufs) = match self.timer.within(self.send_timeout, writev).await {
             Ok((Ok(n), bufs)) if n > 0 => (n, bufs),
             Ok((_, mut bufs)) => {
                 let _ = self.client.shutdown(Shutdown::Both);
@@ -662,7 +673,7 @@ impl Relay<'_> {
         let mut data = data;
         while off < len {
             let write = self.client.write(data.slice(off..len)).submit();
-            match tokio::time::timeout(self.send_timeout, write).await {
+            match self.timer.within(self.send_timeout, write).await {
                 Ok((Ok(n), slice)) if n > 0 => {
                     data = slice.into_inner();
                     off += n;

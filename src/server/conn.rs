@@ -26,6 +26,7 @@ use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
 use crate::relay::{End, Piece, Relay, Stats as RelayStats};
 use crate::route::{self, Route, RouteError};
+use crate::timer::Timer;
 use crate::upstream::{ErrorKind, UpstreamError};
 
 use super::worker::{State, Worker};
@@ -91,6 +92,7 @@ pub(super) fn serve(
         // client_header_buffer_size, only for heads that need it.
         let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_HEAD_BUFFER);
         let mut served: u64 = 0;
+        let timer = w.timers.timer();
         'conn: loop {
             if buf.is_empty() && buf.capacity() > INITIAL_HEAD_BUFFER {
                 // Going idle: give back what a large head made the buffer grow to.
@@ -111,7 +113,7 @@ pub(super) fn serve(
                     Next::Read { wait, start, end } => (wait, start, end),
                 };
                 let read = stream.read(std::mem::take(&mut buf).slice(start..end));
-                match tokio::time::timeout(wait, read).await {
+                match timer.within(wait, read).await {
                     Ok((Ok(n), slice)) if n > 0 => {
                         buf = slice.into_inner();
                         gauge.set(ConnState::Reading);
@@ -129,6 +131,7 @@ pub(super) fn serve(
             // request is being answered, so the idle task holds just the read above.
             let conn = Conn {
                 stream: &stream,
+                timer: &timer,
                 peer,
                 w: &w,
             };
@@ -145,6 +148,7 @@ pub(super) fn serve(
 /// What answering one request needs of its connection.
 struct Conn<'a> {
     stream: &'a TcpStream,
+    timer: &'a Timer<'a>,
     peer: SocketAddr,
     w: &'a Rc<Worker>,
 }
@@ -159,7 +163,12 @@ impl Conn<'_> {
         gauge: &mut Gauge,
         served: &mut u64,
     ) -> bool {
-        let Conn { stream, peer, w } = self;
+        let Conn {
+            stream,
+            timer,
+            peer,
+            w,
+        } = self;
         let started = Instant::now();
         let head = match parsed {
             Ok(h) => h,
@@ -167,7 +176,15 @@ impl Conn<'_> {
                 log::info!("client {peer}: {e:?}");
                 w.stats.requests.fetch_add(1, Ordering::Relaxed);
                 gauge.set(ConnState::Writing);
-                let reply = Box::pin(send_error(stream, &Failure::Parse(e), false, 1, true)).await;
+                let reply = Box::pin(send_error(
+                    stream,
+                    timer,
+                    &Failure::Parse(e),
+                    false,
+                    1,
+                    true,
+                ))
+                .await;
                 finish(w, peer, &request::first_line(buf), None, &reply, started);
                 return false;
             }
@@ -183,6 +200,7 @@ impl Conn<'_> {
             // Boxed like the response below: rare, and kept out of this future's size.
             let (res, back) = Box::pin(discard_body(
                 stream,
+                timer,
                 std::mem::take(buf),
                 head.body,
                 http.client_header_timeout,
@@ -198,6 +216,7 @@ impl Conn<'_> {
                     let is_head = head.method == Method::Head;
                     let reply = Box::pin(send_error(
                         stream,
+                        timer,
                         &Failure::Body(e),
                         is_head,
                         head.minor,
@@ -210,7 +229,7 @@ impl Conn<'_> {
             }
         }
         gauge.set(ConnState::Writing);
-        let reply = Box::pin(respond(stream, w, &st, &head, keep_alive)).await;
+        let reply = Box::pin(respond(stream, timer, w, &st, &head, keep_alive)).await;
         finish(w, peer, head.request_line(), Some(&head), &reply, started);
         request::recycle(head);
         reply.keep && keep_alive
@@ -376,6 +395,7 @@ impl HeadDeadline {
 /// `Err(Some(_))`: the chunked framing is refused.
 async fn discard_body(
     stream: &TcpStream,
+    timer: &Timer<'_>,
     mut buf: Vec<u8>,
     body: Body,
     timeout: Duration,
@@ -409,7 +429,7 @@ async fn discard_body(
         }
         // Everything in `buf` was body: read more into the (now empty) head buffer.
         let read = stream.read(buf.slice(0..cap));
-        match tokio::time::timeout(timeout, read).await {
+        match timer.within(timeout, read).await {
             Ok((Ok(got), slice)) if got > 0 => buf = slice.into_inner(),
             Ok((_, slice)) => return (Err(None), slice.into_inner()),
             Err(_) => {
@@ -423,6 +443,7 @@ async fn discard_body(
 /// Answers one request.
 async fn respond(
     stream: &TcpStream,
+    timer: &Timer<'_>,
     w: &Worker,
     st: &State,
     head: &RequestHead,
@@ -430,7 +451,15 @@ async fn respond(
 ) -> Reply {
     let is_head = head.method == Method::Head;
     if head.method == Method::Other {
-        return send_error(stream, &Failure::Method, is_head, head.minor, !keep_alive).await;
+        return send_error(
+            stream,
+            timer,
+            &Failure::Method,
+            is_head,
+            head.minor,
+            !keep_alive,
+        )
+        .await;
     }
     let path = route::decode(head.target());
     let route = match &path {
@@ -440,7 +469,15 @@ async fn respond(
     let route = match route {
         Ok(r) => r,
         Err(e) => {
-            return send_error(stream, &Failure::Route(e), is_head, head.minor, !keep_alive).await
+            return send_error(
+                stream,
+                timer,
+                &Failure::Route(e),
+                is_head,
+                head.minor,
+                !keep_alive,
+            )
+            .await
         }
     };
     let loaded = match route {
@@ -449,13 +486,14 @@ async fn respond(
             package,
             variant,
             file_name,
-        } => load_variant(st, s3, package, variant)
+        } => load_variant(timer, st, s3, package, variant)
             .await
             .map(|c| (s3, c, Some(file_name))),
-        Route::Object { s3, key } => load_object(st, s3, key).await.map(|c| (s3, c, None)),
+        Route::Object { s3, key } => load_object(timer, st, s3, key).await.map(|c| (s3, c, None)),
         Route::StubStatus => {
             return send_text(
                 stream,
+                timer,
                 st,
                 head,
                 keep_alive,
@@ -468,6 +506,7 @@ async fn respond(
             let text = w.shared.registry.prometheus();
             return send_text(
                 stream,
+                timer,
                 st,
                 head,
                 keep_alive,
@@ -479,7 +518,16 @@ async fn respond(
     };
     match loaded {
         Ok((block, composite, file_name)) => {
-            serve_composite(stream, st, head, block, &composite, file_name, keep_alive).await
+            serve_composite(
+                (stream, timer),
+                st,
+                head,
+                block,
+                &composite,
+                file_name,
+                keep_alive,
+            )
+            .await
         }
         Err(f) => {
             if let Failure::Upstream(e) = &f {
@@ -487,12 +535,13 @@ async fn respond(
             } else if let Failure::BadObject(m) = &f {
                 log::error!("{m} for {}", head.target());
             }
-            send_error(stream, &f, is_head, head.minor, !keep_alive).await
+            send_error(stream, timer, &f, is_head, head.minor, !keep_alive).await
         }
     }
 }
 
 async fn load_variant(
+    timer: &Timer<'_>,
     st: &State,
     block: usize,
     package: &str,
@@ -508,7 +557,7 @@ async fn load_variant(
             let key = route::manifest_key(package);
             let (_, body) = st
                 .upstream
-                .fetch_whole(block, "GET", &key, MAX_MANIFEST_BYTES)
+                .fetch_whole(timer, block, "GET", &key, MAX_MANIFEST_BYTES)
                 .await
                 .map_err(|e| match e.kind {
                     ErrorKind::NotFound => Failure::NotFound,
@@ -526,7 +575,12 @@ async fn load_variant(
     manifest.variant(variant).ok_or(Failure::NotFound)
 }
 
-async fn load_object(st: &State, block: usize, key: &str) -> Result<Rc<Composite>, Failure> {
+async fn load_object(
+    timer: &Timer<'_>,
+    st: &State,
+    block: usize,
+    key: &str,
+) -> Result<Rc<Composite>, Failure> {
     // `block` comes from a Route of this generation's conf, so it always has a cache.
     let cache = st.objects.get(block).ok_or(Failure::NotFound)?;
     if let Some(c) = cache.borrow().get(key, Instant::now()) {
@@ -534,7 +588,7 @@ async fn load_object(st: &State, block: usize, key: &str) -> Result<Rc<Composite
     }
     let (head, _) = st
         .upstream
-        .fetch_whole(block, "HEAD", key, 0)
+        .fetch_whole(timer, block, "HEAD", key, 0)
         .await
         .map_err(|e| match e.kind {
             ErrorKind::NotFound => Failure::NotFound,
@@ -570,7 +624,7 @@ async fn load_object(st: &State, block: usize, key: &str) -> Result<Rc<Composite
 }
 
 async fn serve_composite(
-    stream: &TcpStream,
+    (stream, timer): (&TcpStream, &Timer<'_>),
     st: &State,
     req: &RequestHead,
     block: usize,
@@ -594,11 +648,12 @@ async fn serve_composite(
         Outcome::NotModified => {
             resp.status = 304;
             resp.content_length = None;
-            return head_only(stream, st, resp).await;
+            return head_only(stream, timer, st, resp).await;
         }
         Outcome::Failed => {
             return send_error(
                 stream,
+                timer,
                 &Failure::Precondition,
                 !is_get,
                 req.minor,
@@ -623,7 +678,7 @@ async fn serve_composite(
         RangeOutcome::Unsatisfiable => {
             let mut r = ResponseHead::new(416, 0, keep_alive, req.minor);
             r.content_range = Some(ContentRange::Unsatisfied { total: c.len() });
-            return head_only(stream, st, r).await;
+            return head_only(stream, timer, st, r).await;
         }
         RangeOutcome::Ignore => Some(ByteRange {
             start: 0,
@@ -652,7 +707,7 @@ async fn serve_composite(
     let status = resp.status;
     let empty = span.map_or(multipart_body.is_empty(), |r| r.is_empty());
     if !is_get || empty {
-        return head_only(stream, st, resp).await;
+        return head_only(stream, timer, st, resp).await;
     }
     let (mut plan, mut list);
     let pieces: &mut dyn Iterator<Item = Piece> = match span {
@@ -673,6 +728,7 @@ async fn serve_composite(
         block,
         composite: c,
         send_timeout: st.conf.http.send_timeout,
+        timer,
         tails: &st.tails,
         pipes: st.conf.http.relay_splice.then_some(&st.pipes),
         large: &st.large,
@@ -716,8 +772,15 @@ async fn serve_composite(
         }
         Err(e) => {
             log::error!("upstream: {e} for {}", req.target());
-            let mut r =
-                send_error(stream, &Failure::Upstream(e), false, req.minor, !keep_alive).await;
+            let mut r = send_error(
+                stream,
+                timer,
+                &Failure::Upstream(e),
+                false,
+                req.minor,
+                !keep_alive,
+            )
+            .await;
             r.relay = RelayStats {
                 first_write: None,
                 body_bytes: 0,
@@ -765,14 +828,20 @@ fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>, String) {
 }
 
 /// A response that is only a head (304, 416, HEAD, an empty body).
-async fn head_only(stream: &TcpStream, st: &State, resp: ResponseHead<'_>) -> Reply {
-    let ok = write_all(stream, resp.encode(), st.conf.http.send_timeout).await;
+async fn head_only(
+    stream: &TcpStream,
+    timer: &Timer<'_>,
+    st: &State,
+    resp: ResponseHead<'_>,
+) -> Reply {
+    let ok = write_all(stream, timer, resp.encode(), st.conf.http.send_timeout).await;
     Reply::plain(resp.status, ok && resp.keep_alive)
 }
 
 /// A small generated body: stub_status and metrics.
 async fn send_text(
     stream: &TcpStream,
+    timer: &Timer<'_>,
     st: &State,
     head: &RequestHead,
     keep_alive: bool,
@@ -785,7 +854,7 @@ async fn send_text(
     if head.method != Method::Head {
         bytes.extend_from_slice(text.as_bytes());
     }
-    let ok = write_all(stream, bytes, st.conf.http.send_timeout).await;
+    let ok = write_all(stream, timer, bytes, st.conf.http.send_timeout).await;
     let mut reply = Reply::plain(200, ok && keep_alive);
     reply.relay.body_bytes = text.len() as u64;
     reply
@@ -794,6 +863,7 @@ async fn send_text(
 /// Sends an error response with a short text body (none for HEAD).
 async fn send_error(
     stream: &TcpStream,
+    timer: &Timer<'_>,
     f: &Failure,
     is_head: bool,
     minor: u8,
@@ -812,9 +882,9 @@ async fn send_error(
         bytes.extend_from_slice(body.as_bytes());
     }
     // Error responses are small; a fixed bound keeps a peer that never reads from holding them.
-    let ok = write_all(stream, bytes, Duration::from_secs(10)).await;
+    let ok = write_all(stream, timer, bytes, Duration::from_secs(10)).await;
     if !keep && ok {
-        linger_close(stream).await;
+        linger_close(stream, timer).await;
     }
     Reply::plain(status, ok && keep)
 }
@@ -823,7 +893,7 @@ async fn send_error(
 /// sending, then read and drop what the client is still sending for a short, bounded time,
 /// so that unread request bytes do not turn the close into a reset that destroys the
 /// response before the client reads it.
-async fn linger_close(stream: &TcpStream) {
+async fn linger_close(stream: &TcpStream, timer: &Timer<'_>) {
     let _ = stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut scratch = Vec::with_capacity(16 * 1024);
@@ -831,7 +901,7 @@ async fn linger_close(stream: &TcpStream) {
     while budget > 0 {
         let wait = deadline.saturating_duration_since(Instant::now());
         scratch.clear();
-        match tokio::time::timeout(wait, stream.read(scratch)).await {
+        match timer.within(wait, stream.read(scratch)).await {
             Ok((Ok(n), back)) if n > 0 => {
                 budget = budget.saturating_sub(n);
                 scratch = back;
@@ -842,8 +912,13 @@ async fn linger_close(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-async fn write_all(stream: &TcpStream, bytes: Vec<u8>, timeout: Duration) -> bool {
-    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+async fn write_all(
+    stream: &TcpStream,
+    timer: &Timer<'_>,
+    bytes: Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    match timer.within(timeout, stream.write_all(bytes)).await {
         Ok((Ok(()), _)) => true,
         _ => {
             let _ = stream.shutdown(Shutdown::Both);

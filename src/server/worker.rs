@@ -18,6 +18,7 @@ use crate::object::manifest::{Cache, Manifest};
 use crate::object::tail_cache::TailCache;
 use crate::relay::splice::Pipes;
 use crate::relay::{Buffers, LargeBuffers};
+use crate::timer::Timers;
 use crate::upstream::Upstream;
 
 use super::conn;
@@ -106,6 +107,8 @@ pub(super) struct Worker {
     state: RefCell<Rc<State>>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
+    /// The timeouts of this worker's connections.
+    pub timers: Timers,
 }
 
 impl Worker {
@@ -149,8 +152,11 @@ pub(super) fn run(
         stats,
         state: RefCell::new(Rc::new(state)),
         active: Cell::new(0),
+        timers: Timers::new(),
     });
     runtime().start(async move {
+        let timers = Rc::clone(&worker);
+        tokio_uring::spawn(async move { timers.timers.sweep().await });
         let sweeper = Rc::clone(&worker);
         tokio_uring::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

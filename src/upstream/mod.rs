@@ -20,6 +20,7 @@ use rustls::ClientConfig;
 use crate::conf::{Addressing, Scheme, S3};
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
+use crate::timer::Timer;
 use pool::Pool;
 use response::{Meta, Parsed, Refusal, UpstreamHead};
 use s3::Ask;
@@ -268,6 +269,7 @@ impl Upstream {
     /// `room` must leave the buffer room for the head (the relay keeps it to a quarter).
     pub async fn open_segment(
         &self,
+        timer: &Timer<'_>,
         block: usize,
         seg: &Segment,
         (start, end): (u64, u64),
@@ -280,7 +282,9 @@ impl Upstream {
             if_match: Some(&seg.etag),
             ..Ask::whole("GET", &seg.key)
         };
-        let (res, buf) = self.exchange(block, &ask, buf, (room, first_read)).await;
+        let (res, buf) = self
+            .exchange(timer, block, &ask, buf, (room, first_read))
+            .await;
         let (transport, resp) = match res {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
@@ -317,6 +321,7 @@ impl Upstream {
     /// On error the connection is already shut down.
     pub async fn read_body(
         &self,
+        timer: &Timer<'_>,
         body: &mut SegmentBody,
         buf: Vec<u8>,
     ) -> (Result<usize, UpstreamError>, Vec<u8>) {
@@ -324,8 +329,7 @@ impl Upstream {
         let cap = buf.capacity();
         // Never read past the body: the next response on this connection is not ours yet.
         let max = usize::try_from(body.remaining).unwrap_or(usize::MAX);
-        let Ok((res, buf)) = tokio::time::timeout(timeout, body.transport.read(buf, max)).await
-        else {
+        let Ok((res, buf)) = timer.within(timeout, body.transport.read(buf, max)).await else {
             body.transport.shutdown();
             return (
                 Err(UpstreamError::new(ErrorKind::Timeout)),
@@ -373,6 +377,7 @@ impl Upstream {
     /// as the block says. Returns the head and, for GET, the body (at most `max` bytes).
     pub async fn fetch_whole(
         &self,
+        timer: &Timer<'_>,
         block: usize,
         method: &str,
         key: &str,
@@ -387,7 +392,7 @@ impl Upstream {
             Kind::Manifest
         };
         loop {
-            let res = self.fetch_whole_once(block, method, key, max).await;
+            let res = self.fetch_whole_once(timer, block, method, key, max).await;
             self.record(kind, res.as_ref().map(|_| ()));
             match res {
                 Ok(v) => return Ok(v),
@@ -431,6 +436,7 @@ impl Upstream {
 
     async fn fetch_whole_once(
         &self,
+        timer: &Timer<'_>,
         block: usize,
         method: &str,
         key: &str,
@@ -438,6 +444,7 @@ impl Upstream {
     ) -> Result<(Meta, Vec<u8>), UpstreamError> {
         let (res, mut buf) = self
             .exchange(
+                timer,
                 block,
                 &Ask::whole(method, key),
                 Vec::with_capacity(response::MAX_UPSTREAM_HEAD),
@@ -493,7 +500,7 @@ impl Upstream {
             _active: Active::new(&self.stats),
         };
         while seg.remaining > 0 {
-            let (res, back) = self.read_body(&mut seg, body).await;
+            let (res, back) = self.read_body(timer, &mut seg, body).await;
             body = back;
             res?;
         }
@@ -510,6 +517,7 @@ impl Upstream {
     /// just as it was taken.
     async fn exchange(
         &self,
+        timer: &Timer<'_>,
         block: usize,
         ask: &Ask<'_>,
         buf: Vec<u8>,
@@ -530,7 +538,9 @@ impl Upstream {
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {
-            let (res, back) = self.exchange_on(block, t, ask, buf, (room, limit)).await;
+            let (res, back) = self
+                .exchange_on(timer, block, t, ask, buf, (room, limit))
+                .await;
             buf = back;
             match res {
                 Ok(v) => return (Ok(v), buf),
@@ -546,18 +556,21 @@ impl Upstream {
             &b.conf().endpoint.addrs,
             b.tls.as_ref().map(|c| (c, b.server_name.as_str())),
         );
-        let t = match tokio::time::timeout(b.conf().connect_timeout, connect).await {
+        let t = match timer.within(b.conf().connect_timeout, connect).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
             Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
         };
-        let (res, buf) = self.exchange_on(block, t, ask, buf, (room, limit)).await;
+        let (res, buf) = self
+            .exchange_on(timer, block, t, ask, buf, (room, limit))
+            .await;
         (res.map_err(|(e, _)| e), buf)
     }
 
     /// One request on one connection. The error says whether any response byte arrived.
     async fn exchange_on(
         &self,
+        timer: &Timer<'_>,
         block: usize,
         mut t: Transport,
         ask: &Ask<'_>,
@@ -579,7 +592,7 @@ impl Upstream {
             t.shutdown();
             return (Err((UpstreamError::new(ErrorKind::Sign(e)), false)), buf);
         }
-        let write = tokio::time::timeout(timeout, t.write_all(buf)).await;
+        let write = timer.within(timeout, t.write_all(buf)).await;
         let mut buf = match write {
             Ok((Ok(()), buf)) => buf,
             Ok((Err(e), buf)) => {
@@ -604,7 +617,7 @@ impl Upstream {
         let end = room.saturating_add(limit).min(buf.capacity());
         loop {
             let max = end.saturating_sub(buf.len());
-            let got = tokio::time::timeout(timeout, t.read(buf, max)).await;
+            let got = timer.within(timeout, t.read(buf, max)).await;
             let Ok((res, back)) = got else {
                 t.shutdown();
                 return (
