@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::time::{clock_gettime, ClockId};
 use slab::Slab;
@@ -261,6 +261,12 @@ fn nanos(clock: ClockId) -> u64 {
 
 fn coarse_now() -> u64 {
     nanos(ClockId::MonotonicCoarse)
+}
+
+/// The wall clock from the kernel's coarse clock (up to one tick behind): for what needs
+/// only the second, as `Date` and a signature's `x-amz-date`.
+pub fn wall_clock() -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos(ClockId::RealtimeCoarse))
 }
 
 fn precise_now() -> u64 {

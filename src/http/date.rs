@@ -2,10 +2,12 @@
 //! second per thread so a response head costs no formatting.
 
 use std::cell::Cell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 thread_local! {
     static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    /// The last `Last-Modified` formatted: hot objects share one.
+    static LAST: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
 }
 
 /// Formats Unix seconds as `Sun, 06 Nov 1994 08:49:37 GMT`, without allocating (years past
@@ -48,9 +50,9 @@ fn put_digits(out: &mut [u8], v: u64) {
 }
 
 /// Calls `f` with the current time as IMF-fixdate, formatted at most once a second on each
-/// thread.
-pub fn with_now<R>(f: impl FnOnce(&str) -> R) -> R {
-    let secs = SystemTime::now()
+/// thread. The second comes from the kernel's coarse clock, as nginx's cached time.
+pub fn with_now<R>(f: impl FnOnce(&[u8; 29]) -> R) -> R {
+    let secs = crate::timer::wall_clock()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (at, mut text) = CACHED.get();
@@ -58,12 +60,22 @@ pub fn with_now<R>(f: impl FnOnce(&str) -> R) -> R {
         text = imf_fixdate(secs);
         CACHED.set((secs, text));
     }
-    f(std::str::from_utf8(&text).unwrap_or("Thu, 01 Jan 1970 00:00:00 GMT"))
+    f(&text)
+}
+
+/// Calls `f` with `secs` as IMF-fixdate; the last one formatted is kept on each thread.
+pub fn with_fixdate<R>(secs: u64, f: impl FnOnce(&[u8; 29]) -> R) -> R {
+    let (at, mut text) = LAST.get();
+    if at != secs {
+        text = imf_fixdate(secs);
+        LAST.set((secs, text));
+    }
+    f(&text)
 }
 
 /// The current time as IMF-fixdate.
 pub fn now() -> String {
-    with_now(str::to_string)
+    with_now(|text| String::from_utf8_lossy(text).into_owned())
 }
 
 /// Unix seconds → (year, month, day, hour, minute, second) in UTC (H. Hinnant's

@@ -23,6 +23,22 @@ pub(crate) fn decimal(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// Appends `n` in decimal to `out`, without the formatting machinery of `write!`.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +52,25 @@ mod tests {
         assert_eq!(decimal(b"007"), Some(7));
         for bad in [&b""[..], b"+1", b"1 ", b"-0", b"1e3"] {
             assert_eq!(decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_written_as_format_would() {
+        for n in [0, 1, 9, 10, 99, 100, 4095, 1 << 32, u64::MAX - 1, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_written_decimal_reads_back(n: u64) {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            proptest::prop_assert_eq!(decimal(&out), Some(n));
+            proptest::prop_assert_eq!(out, n.to_string().into_bytes());
         }
     }
 }

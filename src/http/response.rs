@@ -2,9 +2,7 @@
 //! `Accept-Ranges`, `ETag`, `Last-Modified` and `Content-Length` (nginx omits
 //! `Accept-Ranges` on 206; we do not).
 
-use std::io::Write as _;
-
-use super::date;
+use super::{date, push_decimal};
 
 /// A response head; its text fields borrow from the object and the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,77 +60,83 @@ impl<'a> ResponseHead<'a> {
 
     /// [`encode`](Self::encode), appended to `out`: no allocation beyond `out`'s growth.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let mut line = |parts: &[&[u8]]| {
-            for p in parts {
-                out.extend_from_slice(p);
-            }
-        };
-        let _ = write!(WriteTo(&mut line), "HTTP/1.1 {} ", self.status);
-        line(&[
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(self.status));
+        for part in [
+            b" ",
             reason(self.status).as_bytes(),
             b"\r\nServer: tailgate\r\nDate: ",
-        ]);
-        date::with_now(|now| line(&[now.as_bytes(), b"\r\n"]));
+        ] {
+            out.extend_from_slice(part);
+        }
+        date::with_now(|now| out.extend_from_slice(now));
+        out.extend_from_slice(b"\r\n");
         if let Some(ct) = self.content_type {
-            line(&[b"Content-Type: ", ct.as_bytes(), b"\r\n"]);
+            line(out, &[b"Content-Type: ", ct.as_bytes(), b"\r\n"]);
         }
         if let Some(len) = self.content_length {
-            let _ = write!(WriteTo(&mut line), "Content-Length: {len}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, len);
+            out.extend_from_slice(b"\r\n");
         }
         if let Some(lm) = self.last_modified {
-            line(&[b"Last-Modified: ", &date::imf_fixdate(lm), b"\r\n"]);
+            out.extend_from_slice(b"Last-Modified: ");
+            date::with_fixdate(lm, |text| out.extend_from_slice(text));
+            out.extend_from_slice(b"\r\n");
         }
         if let Some(etag) = self.etag {
-            line(&[b"ETag: ", etag.as_bytes(), b"\r\n"]);
+            line(out, &[b"ETag: ", etag.as_bytes(), b"\r\n"]);
         }
         if self.accept_ranges {
-            line(&[b"Accept-Ranges: bytes\r\n"]);
+            out.extend_from_slice(b"Accept-Ranges: bytes\r\n");
         }
         match self.content_range {
             Some(ContentRange::Bytes { first, last, total }) => {
-                let _ = write!(
-                    WriteTo(&mut line),
-                    "Content-Range: bytes {first}-{last}/{total}\r\n"
-                );
+                out.extend_from_slice(b"Content-Range: bytes ");
+                push_decimal(out, first);
+                out.push(b'-');
+                push_decimal(out, last);
+                out.push(b'/');
+                push_decimal(out, total);
+                out.extend_from_slice(b"\r\n");
             }
             Some(ContentRange::Unsatisfied { total }) => {
-                let _ = write!(WriteTo(&mut line), "Content-Range: bytes */{total}\r\n");
+                out.extend_from_slice(b"Content-Range: bytes */");
+                push_decimal(out, total);
+                out.extend_from_slice(b"\r\n");
             }
             None => {}
         }
         if let Some(name) = self.attachment {
-            line(&[b"Content-Disposition: attachment; filename=\""]);
-            // Anything outside a safe set becomes `_`, so a URL can never inject a header
-            // or a quote.
-            for c in name.chars() {
-                let safe = c.is_ascii_alphanumeric() || "._-+~()@".contains(c);
-                line(&[&[if safe { c as u8 } else { b'_' }]]);
-            }
-            line(&[b"\"\r\n"]);
+            out.extend_from_slice(b"Content-Disposition: attachment; filename=\"");
+            // Anything outside a safe set becomes `_` (a character of several bytes, one `_`),
+            // so a URL can never inject a header or a quote.
+            out.extend(name.chars().map(|c| {
+                let safe = c.is_ascii_alphanumeric()
+                    || matches!(c, '.' | '_' | '-' | '+' | '~' | '(' | ')' | '@');
+                if safe {
+                    c as u8
+                } else {
+                    b'_'
+                }
+            }));
+            out.extend_from_slice(b"\"\r\n");
         }
         if let Some(allow) = self.allow {
-            line(&[b"Allow: ", allow.as_bytes(), b"\r\n"]);
+            line(out, &[b"Allow: ", allow.as_bytes(), b"\r\n"]);
         }
         match (self.keep_alive, self.minor) {
-            (true, 0) => line(&[b"Connection: keep-alive\r\n"]),
+            (true, 0) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
             (true, _) => {}
-            (false, _) => line(&[b"Connection: close\r\n"]),
+            (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
         }
-        line(&[b"\r\n"]);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
-/// `write!` into a byte sink.
-struct WriteTo<'f, F: FnMut(&[&[u8]])>(&'f mut F);
-
-impl<F: FnMut(&[&[u8]])> std::io::Write for WriteTo<'_, F> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        (self.0)(&[buf]);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+fn line(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    for p in parts {
+        out.extend_from_slice(p);
     }
 }
 

@@ -13,14 +13,14 @@ use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
 use crate::conf::{Addressing, Scheme, S3};
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
-use crate::timer::Timer;
+use crate::timer::{self, Timer};
 use pool::Pool;
 use response::{Meta, Parsed, Refusal, UpstreamHead};
 use s3::Ask;
@@ -585,7 +585,7 @@ impl Upstream {
         let mut buf = buf;
         buf.clear();
         let signed = match self.blocks.get(block) {
-            Some(b) => b.signer.request_head(ask, SystemTime::now(), &mut buf),
+            Some(b) => b.signer.request_head(ask, timer::wall_clock(), &mut buf),
             None => Err("no such s3 block".into()),
         };
         if let Err(e) = signed {

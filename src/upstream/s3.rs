@@ -12,14 +12,13 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sigv4::sign::v4;
 use sha2::{Digest, Sha256};
 
 use crate::conf::{Addressing, S3};
-use crate::http::date;
+use crate::http::{date, push_decimal};
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
@@ -410,31 +409,32 @@ impl Signer {
         encode_into(key, scratch);
         let path = scratch.as_str();
         let authority = self.authority.as_str();
-        let mut range_value = [0u8; 48];
-        let range_value = match range {
-            Some((first, last)) => Some(format_into(
-                &mut range_value,
-                format_args!("bytes={first}-{last}"),
-            )?),
-            None => None,
-        };
         let signed_match = if_match.map(|e| [("if-match", e)]);
-        let unsigned_range = range_value.map(|r| ("range", r));
         for part in [method, " ", path, " HTTP/1.1\r\nHost: ", authority] {
             out.extend_from_slice(part.as_bytes());
         }
         out.extend_from_slice(b"\r\nUser-Agent: tailgate\r\n");
         if let Some(n) = content_length {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         let headers = signed_match.as_ref().map_or(&[][..], |h| &h[..]);
-        for (name, value) in headers.iter().chain(&unsigned_range) {
+        for (name, value) in headers {
             if !valid_value(value) {
                 return Err(format!("request head: invalid value for header {name}"));
             }
             for part in [name, ": ", value, "\r\n"] {
                 out.extend_from_slice(part.as_bytes());
             }
+        }
+        // Sent, not signed (see the module's notes).
+        if let Some((first, last)) = range {
+            out.extend_from_slice(b"range: bytes=");
+            push_decimal(out, first);
+            out.push(b'-');
+            push_decimal(out, last);
+            out.extend_from_slice(b"\r\n");
         }
         let secs = unix_secs(time)?;
         if let Some(lines) = self.recent.borrow().find(secs, method, key, if_match) {
@@ -467,16 +467,6 @@ impl Signer {
         out.extend_from_slice(b"\r\n");
         Ok(())
     }
-}
-
-/// Formats into `buf`, without allocating; an error if it does not fit.
-fn format_into<'b>(buf: &'b mut [u8], args: std::fmt::Arguments<'_>) -> Result<&'b str, String> {
-    let mut cursor = std::io::Cursor::new(&mut *buf);
-    cursor
-        .write_fmt(args)
-        .map_err(|_| "request head: value too long".to_string())?;
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    std::str::from_utf8(&buf[..len]).map_err(|_| "request head: not UTF-8".to_string())
 }
 
 /// S3 key encoding: every byte but unreserved characters and `/` is percent-encoded.
