@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::timer::Tick;
 
 use serde::Deserialize;
 
@@ -155,7 +157,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub struct Cache<V> {
     ttl: Duration,
     capacity: usize,
-    entries: HashMap<String, (Instant, V)>,
+    entries: HashMap<String, (Tick, V)>,
 }
 
 impl<V: Clone> Cache<V> {
@@ -167,12 +169,12 @@ impl<V: Clone> Cache<V> {
         }
     }
 
-    pub fn get(&self, key: &str, now: Instant) -> Option<V> {
+    pub fn get(&self, key: &str, now: Tick) -> Option<V> {
         let (at, v) = self.entries.get(key)?;
         (now.saturating_duration_since(*at) < self.ttl).then(|| v.clone())
     }
 
-    pub fn insert(&mut self, key: String, value: V, now: Instant) {
+    pub fn insert(&mut self, key: String, value: V, now: Tick) {
         if self.capacity == 0 || self.ttl.is_zero() {
             return;
         }
@@ -281,7 +283,7 @@ mod tests {
 
     #[test]
     fn cache_expires_and_stays_bounded() {
-        let t0 = Instant::now();
+        let t0 = Tick::now();
         let mut c = Cache::new(Duration::from_secs(5), 2);
         c.insert("a".into(), 1, t0);
         c.insert("b".into(), 2, t0 + Duration::from_secs(1));

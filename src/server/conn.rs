@@ -26,7 +26,7 @@ use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
 use crate::relay::{End, Piece, Relay, Stats as RelayStats};
 use crate::route::{self, Route, RouteError};
-use crate::timer::Timer;
+use crate::timer::{Tick, Timer};
 use crate::upstream::{ErrorKind, UpstreamError};
 
 use super::worker::{State, Worker};
@@ -550,7 +550,7 @@ async fn load_variant(
     // `block` comes from a Route of this generation's conf, so it always has a cache, keyed
     // by package.
     let cache = st.manifests.get(block).ok_or(Failure::NotFound)?;
-    let cached = cache.borrow().get(package, Instant::now());
+    let cached = cache.borrow().get(package, Tick::now());
     let manifest = match cached {
         Some(m) => m,
         None => {
@@ -568,7 +568,7 @@ async fn load_variant(
             );
             cache
                 .borrow_mut()
-                .insert(package.to_string(), Rc::clone(&m), Instant::now());
+                .insert(package.to_string(), Rc::clone(&m), Tick::now());
             m
         }
     };
@@ -583,7 +583,7 @@ async fn load_object(
 ) -> Result<Rc<Composite>, Failure> {
     // `block` comes from a Route of this generation's conf, so it always has a cache.
     let cache = st.objects.get(block).ok_or(Failure::NotFound)?;
-    if let Some(c) = cache.borrow().get(key, Instant::now()) {
+    if let Some(c) = cache.borrow().get(key, Tick::now()) {
         return Ok(c);
     }
     let (head, _) = st
@@ -619,7 +619,7 @@ async fn load_object(
     );
     cache
         .borrow_mut()
-        .insert(key.to_string(), Rc::clone(&c), Instant::now());
+        .insert(key.to_string(), Rc::clone(&c), Tick::now());
     Ok(c)
 }
 

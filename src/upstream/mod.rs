@@ -13,14 +13,14 @@ use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::ClientConfig;
 
 use crate::conf::{Addressing, Scheme, S3};
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
-use crate::timer::{self, Timer};
+use crate::timer::{self, Tick, Timer};
 use pool::Pool;
 use response::{Meta, Parsed, Refusal, UpstreamHead};
 use s3::Ask;
@@ -206,7 +206,7 @@ impl Upstream {
 
     /// Closes idle connections that expired or whose peer closed. Called about once a second.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = Tick::now();
         self.pool.borrow_mut().sweep(now, |k| {
             self.blocks
                 .get(k)
@@ -365,7 +365,7 @@ impl Upstream {
                     body.block,
                     body.transport,
                     b.conf().keepalive,
-                    Instant::now(),
+                    Tick::now(),
                 );
                 self.publish_idle();
             }
@@ -534,7 +534,7 @@ impl Upstream {
         let pooled =
             self.pool
                 .borrow_mut()
-                .checkout(block, Instant::now(), b.conf().keepalive_timeout);
+                .checkout(block, Tick::now(), b.conf().keepalive_timeout);
         self.publish_idle();
         let mut buf = buf;
         if let Some(t) = pooled {

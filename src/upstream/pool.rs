@@ -6,9 +6,11 @@
 //! periodic sweep, so a peer's FIN is noticed and the
 //! socket closed (no CLOSE-WAIT) even when nobody asks for it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slab::Slab;
+
+use crate::timer::Tick;
 
 use super::transport::Transport;
 
@@ -22,7 +24,7 @@ struct Idle {
     /// Which `s3` block (and conf generation) the connection belongs to.
     key: usize,
     transport: Transport,
-    since: Instant,
+    since: Tick,
 }
 
 pub struct Pool {
@@ -44,7 +46,7 @@ impl Default for Pool {
 impl Pool {
     /// The most recently returned live connection for `key`, dropping dead or expired ones
     /// on the way.
-    pub fn checkout(&mut self, key: usize, now: Instant, timeout: Duration) -> Option<Transport> {
+    pub fn checkout(&mut self, key: usize, now: Tick, timeout: Duration) -> Option<Transport> {
         loop {
             let newest = self.stacks.get_mut(key)?.pop()?;
             let c = self.idle.try_remove(newest)?;
@@ -57,7 +59,7 @@ impl Pool {
     }
 
     /// Keeps `transport` for reuse unless `key` already has `max` idle connections.
-    pub fn checkin(&mut self, key: usize, transport: Transport, max: usize, now: Instant) {
+    pub fn checkin(&mut self, key: usize, transport: Transport, max: usize, now: Tick) {
         if self.stacks.len() <= key {
             self.stacks.resize_with(key + 1, Vec::new);
         }
@@ -76,7 +78,7 @@ impl Pool {
     }
 
     /// Closes every connection that expired (per `timeout_of` its key) or whose peer closed.
-    pub fn sweep(&mut self, now: Instant, timeout_of: impl Fn(usize) -> Duration) {
+    pub fn sweep(&mut self, now: Tick, timeout_of: impl Fn(usize) -> Duration) {
         self.idle.retain(|_, c| {
             let keep =
                 now.saturating_duration_since(c.since) < timeout_of(c.key) && alive(&c.transport);
@@ -148,7 +150,7 @@ mod tests {
         tokio_uring::start(async {
             let (conns, mut peers) = connections(5).await;
             let fds: Vec<_> = conns.iter().map(Transport::raw_fd).collect();
-            let t0 = Instant::now();
+            let t0 = Tick::now();
             let at = |s| t0 + Duration::from_secs(s);
             let mut pool = Pool::default();
             let mut conns = conns.into_iter();
