@@ -130,8 +130,10 @@ pub(super) fn serve(
             // One boxed future for the whole exchange: its state is on the heap only while a
             // request is being answered, so the idle task holds just the read above.
             let conn = Conn {
-                stream: &stream,
-                timer: &timer,
+                client: Client {
+                    stream: &stream,
+                    timer: &timer,
+                },
                 peer,
                 w: &w,
             };
@@ -147,10 +149,16 @@ pub(super) fn serve(
 
 /// What answering one request needs of its connection.
 struct Conn<'a> {
-    stream: &'a TcpStream,
-    timer: &'a Timer<'a>,
+    client: Client<'a>,
     peer: SocketAddr,
     w: &'a Rc<Worker>,
+}
+
+/// The client connection: its socket and its timeout slot.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    stream: &'a TcpStream,
+    timer: &'a Timer<'a>,
 }
 
 impl Conn<'_> {
@@ -163,12 +171,7 @@ impl Conn<'_> {
         gauge: &mut Gauge,
         served: &mut u64,
     ) -> bool {
-        let Conn {
-            stream,
-            timer,
-            peer,
-            w,
-        } = self;
+        let Conn { client, peer, w } = self;
         let started = Instant::now();
         let head = match parsed {
             Ok(h) => h,
@@ -176,15 +179,7 @@ impl Conn<'_> {
                 log::info!("client {peer}: {e:?}");
                 w.stats.requests.fetch_add(1, Ordering::Relaxed);
                 gauge.set(ConnState::Writing);
-                let reply = Box::pin(send_error(
-                    stream,
-                    timer,
-                    &Failure::Parse(e),
-                    false,
-                    1,
-                    true,
-                ))
-                .await;
+                let reply = Box::pin(send_error(client, &Failure::Parse(e), false, 1, true)).await;
                 finish(w, peer, &request::first_line(buf), None, &reply, started);
                 return false;
             }
@@ -199,8 +194,7 @@ impl Conn<'_> {
         if head.body != Body::None {
             // Boxed like the response below: rare, and kept out of this future's size.
             let (res, back) = Box::pin(discard_body(
-                stream,
-                timer,
+                client,
                 std::mem::take(buf),
                 head.body,
                 http.client_header_timeout,
@@ -215,8 +209,7 @@ impl Conn<'_> {
                     gauge.set(ConnState::Writing);
                     let is_head = head.method == Method::Head;
                     let reply = Box::pin(send_error(
-                        stream,
-                        timer,
+                        client,
                         &Failure::Body(e),
                         is_head,
                         head.minor,
@@ -229,7 +222,7 @@ impl Conn<'_> {
             }
         }
         gauge.set(ConnState::Writing);
-        let reply = Box::pin(respond(stream, timer, w, &st, &head, keep_alive)).await;
+        let reply = Box::pin(respond(client, w, &st, &head, keep_alive)).await;
         finish(w, peer, head.request_line(), Some(&head), &reply, started);
         request::recycle(head);
         reply.keep && keep_alive
@@ -394,8 +387,7 @@ impl HeadDeadline {
 /// `buf` for the next request. `Err(None)`: the peer went away or timed out;
 /// `Err(Some(_))`: the chunked framing is refused.
 async fn discard_body(
-    stream: &TcpStream,
-    timer: &Timer<'_>,
+    client: Client<'_>,
     mut buf: Vec<u8>,
     body: Body,
     timeout: Duration,
@@ -428,12 +420,12 @@ async fn discard_body(
             return (Ok(()), buf);
         }
         // Everything in `buf` was body: read more into the (now empty) head buffer.
-        let read = stream.read(buf.slice(0..cap));
-        match timer.within(timeout, read).await {
+        let read = client.stream.read(buf.slice(0..cap));
+        match client.timer.within(timeout, read).await {
             Ok((Ok(got), slice)) if got > 0 => buf = slice.into_inner(),
             Ok((_, slice)) => return (Err(None), slice.into_inner()),
             Err(_) => {
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = client.stream.shutdown(Shutdown::Both);
                 return (Err(None), Vec::with_capacity(cap));
             }
         }
@@ -442,8 +434,7 @@ async fn discard_body(
 
 /// Answers one request.
 async fn respond(
-    stream: &TcpStream,
-    timer: &Timer<'_>,
+    client: Client<'_>,
     w: &Worker,
     st: &State,
     head: &RequestHead,
@@ -451,15 +442,7 @@ async fn respond(
 ) -> Reply {
     let is_head = head.method == Method::Head;
     if head.method == Method::Other {
-        return send_error(
-            stream,
-            timer,
-            &Failure::Method,
-            is_head,
-            head.minor,
-            !keep_alive,
-        )
-        .await;
+        return send_error(client, &Failure::Method, is_head, head.minor, !keep_alive).await;
     }
     let path = route::decode(head.target());
     let route = match &path {
@@ -469,15 +452,7 @@ async fn respond(
     let route = match route {
         Ok(r) => r,
         Err(e) => {
-            return send_error(
-                stream,
-                timer,
-                &Failure::Route(e),
-                is_head,
-                head.minor,
-                !keep_alive,
-            )
-            .await
+            return send_error(client, &Failure::Route(e), is_head, head.minor, !keep_alive).await
         }
     };
     let loaded = match route {
@@ -486,14 +461,15 @@ async fn respond(
             package,
             variant,
             file_name,
-        } => load_variant(timer, st, s3, package, variant)
+        } => load_variant(client.timer, st, s3, package, variant)
             .await
             .map(|c| (s3, c, Some(file_name))),
-        Route::Object { s3, key } => load_object(timer, st, s3, key).await.map(|c| (s3, c, None)),
+        Route::Object { s3, key } => load_object(client.timer, st, s3, key)
+            .await
+            .map(|c| (s3, c, None)),
         Route::StubStatus => {
             return send_text(
-                stream,
-                timer,
+                client,
                 st,
                 head,
                 keep_alive,
@@ -505,8 +481,7 @@ async fn respond(
         Route::Metrics => {
             let text = w.shared.registry.prometheus();
             return send_text(
-                stream,
-                timer,
+                client,
                 st,
                 head,
                 keep_alive,
@@ -518,16 +493,7 @@ async fn respond(
     };
     match loaded {
         Ok((block, composite, file_name)) => {
-            serve_composite(
-                (stream, timer),
-                st,
-                head,
-                block,
-                &composite,
-                file_name,
-                keep_alive,
-            )
-            .await
+            serve_composite(client, st, head, block, &composite, file_name, keep_alive).await
         }
         Err(f) => {
             if let Failure::Upstream(e) = &f {
@@ -535,7 +501,7 @@ async fn respond(
             } else if let Failure::BadObject(m) = &f {
                 log::error!("{m} for {}", head.target());
             }
-            send_error(stream, timer, &f, is_head, head.minor, !keep_alive).await
+            send_error(client, &f, is_head, head.minor, !keep_alive).await
         }
     }
 }
@@ -624,7 +590,7 @@ async fn load_object(
 }
 
 async fn serve_composite(
-    (stream, timer): (&TcpStream, &Timer<'_>),
+    client: Client<'_>,
     st: &State,
     req: &RequestHead,
     block: usize,
@@ -648,12 +614,11 @@ async fn serve_composite(
         Outcome::NotModified => {
             resp.status = 304;
             resp.content_length = None;
-            return head_only(stream, timer, st, resp).await;
+            return head_only(client, st, resp).await;
         }
         Outcome::Failed => {
             return send_error(
-                stream,
-                timer,
+                client,
                 &Failure::Precondition,
                 !is_get,
                 req.minor,
@@ -678,7 +643,7 @@ async fn serve_composite(
         RangeOutcome::Unsatisfiable => {
             let mut r = ResponseHead::new(416, 0, keep_alive, req.minor);
             r.content_range = Some(ContentRange::Unsatisfied { total: c.len() });
-            return head_only(stream, timer, st, r).await;
+            return head_only(client, st, r).await;
         }
         RangeOutcome::Ignore => Some(ByteRange {
             start: 0,
@@ -707,7 +672,7 @@ async fn serve_composite(
     let status = resp.status;
     let empty = span.map_or(multipart_body.is_empty(), |r| r.is_empty());
     if !is_get || empty {
-        return head_only(stream, timer, st, resp).await;
+        return head_only(client, st, resp).await;
     }
     let (mut plan, mut list);
     let pieces: &mut dyn Iterator<Item = Piece> = match span {
@@ -723,12 +688,12 @@ async fn serve_composite(
     let mut head = st.heads.take();
     resp.encode_into(&mut head);
     let relay = Relay {
-        client: stream,
+        client: client.stream,
         upstream: &st.upstream,
         block,
         composite: c,
         send_timeout: st.conf.http.send_timeout,
-        timer,
+        timer: client.timer,
         tails: &st.tails,
         pipes: st.conf.http.relay_splice.then_some(&st.pipes),
         large: &st.large,
@@ -765,22 +730,15 @@ async fn serve_composite(
                 stats.body_bytes,
                 req.target()
             );
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = client.stream.shutdown(Shutdown::Both);
             reply.keep = false;
             reply.truncated = true;
             reply
         }
         Err(e) => {
             log::error!("upstream: {e} for {}", req.target());
-            let mut r = send_error(
-                stream,
-                timer,
-                &Failure::Upstream(e),
-                false,
-                req.minor,
-                !keep_alive,
-            )
-            .await;
+            let mut r =
+                send_error(client, &Failure::Upstream(e), false, req.minor, !keep_alive).await;
             r.relay = RelayStats {
                 first_write: None,
                 body_bytes: 0,
@@ -828,20 +786,14 @@ fn multipart(c: &Composite, parts: &[ByteRange]) -> (u64, Vec<Piece>, String) {
 }
 
 /// A response that is only a head (304, 416, HEAD, an empty body).
-async fn head_only(
-    stream: &TcpStream,
-    timer: &Timer<'_>,
-    st: &State,
-    resp: ResponseHead<'_>,
-) -> Reply {
-    let ok = write_all(stream, timer, resp.encode(), st.conf.http.send_timeout).await;
+async fn head_only(client: Client<'_>, st: &State, resp: ResponseHead<'_>) -> Reply {
+    let ok = write_all(client, resp.encode(), st.conf.http.send_timeout).await;
     Reply::plain(resp.status, ok && resp.keep_alive)
 }
 
 /// A small generated body: stub_status and metrics.
 async fn send_text(
-    stream: &TcpStream,
-    timer: &Timer<'_>,
+    client: Client<'_>,
     st: &State,
     head: &RequestHead,
     keep_alive: bool,
@@ -854,7 +806,7 @@ async fn send_text(
     if head.method != Method::Head {
         bytes.extend_from_slice(text.as_bytes());
     }
-    let ok = write_all(stream, timer, bytes, st.conf.http.send_timeout).await;
+    let ok = write_all(client, bytes, st.conf.http.send_timeout).await;
     let mut reply = Reply::plain(200, ok && keep_alive);
     reply.relay.body_bytes = text.len() as u64;
     reply
@@ -862,8 +814,7 @@ async fn send_text(
 
 /// Sends an error response with a short text body (none for HEAD).
 async fn send_error(
-    stream: &TcpStream,
-    timer: &Timer<'_>,
+    client: Client<'_>,
     f: &Failure,
     is_head: bool,
     minor: u8,
@@ -882,9 +833,9 @@ async fn send_error(
         bytes.extend_from_slice(body.as_bytes());
     }
     // Error responses are small; a fixed bound keeps a peer that never reads from holding them.
-    let ok = write_all(stream, timer, bytes, Duration::from_secs(10)).await;
+    let ok = write_all(client, bytes, Duration::from_secs(10)).await;
     if !keep && ok {
-        linger_close(stream, timer).await;
+        linger_close(client).await;
     }
     Reply::plain(status, ok && keep)
 }
@@ -893,15 +844,15 @@ async fn send_error(
 /// sending, then read and drop what the client is still sending for a short, bounded time,
 /// so that unread request bytes do not turn the close into a reset that destroys the
 /// response before the client reads it.
-async fn linger_close(stream: &TcpStream, timer: &Timer<'_>) {
-    let _ = stream.shutdown(Shutdown::Write);
+async fn linger_close(client: Client<'_>) {
+    let _ = client.stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut scratch = Vec::with_capacity(16 * 1024);
     let mut budget: usize = 1 << 20;
     while budget > 0 {
         let wait = deadline.saturating_duration_since(Instant::now());
         scratch.clear();
-        match timer.within(wait, stream.read(scratch)).await {
+        match client.timer.within(wait, client.stream.read(scratch)).await {
             Ok((Ok(n), back)) if n > 0 => {
                 budget = budget.saturating_sub(n);
                 scratch = back;
@@ -909,19 +860,18 @@ async fn linger_close(stream: &TcpStream, timer: &Timer<'_>) {
             _ => break,
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = client.stream.shutdown(Shutdown::Both);
 }
 
-async fn write_all(
-    stream: &TcpStream,
-    timer: &Timer<'_>,
-    bytes: Vec<u8>,
-    timeout: Duration,
-) -> bool {
-    match timer.within(timeout, stream.write_all(bytes)).await {
+async fn write_all(client: Client<'_>, bytes: Vec<u8>, timeout: Duration) -> bool {
+    match client
+        .timer
+        .within(timeout, client.stream.write_all(bytes))
+        .await
+    {
         Ok((Ok(()), _)) => true,
         _ => {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = client.stream.shutdown(Shutdown::Both);
             false
         }
     }
