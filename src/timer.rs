@@ -9,10 +9,13 @@
 //! and a store, as nginx stamps its timers with its cached time) and the worker's sweeper
 //! sleeps until the earliest deadline it knows of, wakes the connections whose deadline
 //! has passed, and sleeps again: in steady traffic it wakes about once per timeout period.
+//! A sweep reads every slot, so sweeps are at least [`RESOLUTION`] apart: thousands of idle
+//! connections expiring one by one cost a sweep per 20 ms, not one each.
 //!
 //! Deadlines are nanoseconds of `CLOCK_MONOTONIC`. An operation reads the coarse variant
 //! of that clock (a few ns; up to one kernel tick behind), so a timeout fires at most one
-//! tick (≤ 4 ms) early; the sweeper compares against the precise clock.
+//! tick (≤ 4 ms) early and at most [`RESOLUTION`] late; the sweeper compares against the
+//! precise clock.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -26,6 +29,9 @@ use slab::Slab;
 /// A deadline that is never reached: the slot's connection has no operation pending.
 const NEVER: u64 = u64::MAX;
 
+/// The least time between two sweeps (ns): a timeout fires at most this late.
+const RESOLUTION: u64 = 20_000_000;
+
 /// The operation did not complete within its timeout.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Elapsed;
@@ -37,6 +43,8 @@ pub struct Timers {
     next: Cell<u64>,
     /// The sweeper's waker, to wake it when a deadline earlier than `next` is set.
     sweeper: RefCell<Option<Waker>>,
+    #[cfg(test)]
+    sweeps: Cell<u64>,
 }
 
 struct Slot {
@@ -66,6 +74,8 @@ impl Timers {
             slots: RefCell::new(Slab::new()),
             next: Cell::new(NEVER),
             sweeper: RefCell::new(None),
+            #[cfg(test)]
+            sweeps: Cell::new(0),
         }
     }
 
@@ -84,6 +94,7 @@ impl Timers {
     pub async fn sweep(&self) {
         let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed = NEVER;
+        let mut last = 0u64;
         poll_fn(|cx| loop {
             {
                 let mut w = self.sweeper.borrow_mut();
@@ -92,17 +103,23 @@ impl Timers {
                 }
             }
             let now = precise_now();
-            if now >= self.next.get() {
+            if now >= self.next.get() && now >= last.saturating_add(RESOLUTION) {
                 self.next.set(self.expire(now));
+                last = now;
+                #[cfg(test)]
+                self.sweeps.set(self.sweeps.get() + 1);
             }
             let next = self.next.get();
             if next == NEVER {
                 armed = NEVER;
                 return Poll::Pending;
             }
-            if next != armed {
-                armed = next;
-                let wait = Duration::from_nanos(next.saturating_sub(now));
+            // A sweep reads every slot: at most one per RESOLUTION, however many distinct
+            // deadlines there are (thousands of idle connections expiring one by one).
+            let target = next.max(last.saturating_add(RESOLUTION));
+            if target != armed {
+                armed = target;
+                let wait = Duration::from_nanos(target.saturating_sub(now));
                 sleep.as_mut().reset(
                     tokio::time::Instant::now()
                         .checked_add(wait)
@@ -408,6 +425,46 @@ mod tests {
             (first, second)
         });
         assert_eq!(got, (Err(Elapsed), Ok(())));
+    }
+
+    #[test]
+    fn many_distinct_deadlines_are_swept_in_batches() {
+        let timers = Rc::new(Timers::new());
+        let expired = run(&timers, async {
+            let slots: Vec<_> = (0..200).map(|_| timers.timer()).collect();
+            // 200 operations whose deadlines are 0.5 ms apart, over 100 ms, all waiting at
+            // once (as 200 connections would).
+            let mut ops: Vec<_> = slots
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Box::pin(t.within(
+                        Duration::from_micros(20_000 + 500 * i as u64),
+                        std::future::pending::<()>(),
+                    ))
+                })
+                .collect();
+            let mut results: Vec<Option<Result<(), Elapsed>>> = ops.iter().map(|_| None).collect();
+            poll_fn(|cx| {
+                for (op, done) in ops.iter_mut().zip(results.iter_mut()) {
+                    if done.is_none() {
+                        if let Poll::Ready(v) = op.as_mut().poll(cx) {
+                            *done = Some(v);
+                        }
+                    }
+                }
+                if results.iter().all(Option::is_some) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            results.iter().filter(|r| **r == Some(Err(Elapsed))).count()
+        });
+        assert_eq!(expired, 200);
+        // One sweep per RESOLUTION (20 ms) over the ~100 ms they span, not one per deadline.
+        assert!(timers.sweeps.get() <= 12, "{} sweeps", timers.sweeps.get());
     }
 
     #[test]
