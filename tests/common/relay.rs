@@ -65,7 +65,6 @@ pub struct Inner {
     stop: AtomicBool,
 }
 
-/// The fault for the response in flight on one connection, and its bytes so far.
 /// The fault for the response in flight on a connection, the response bytes relayed, and
 /// the rule it comes from while that rule is not yet spent (a rule is spent by a response
 /// that starts, so a request that gets no response at all leaves it for the next one).
@@ -247,7 +246,9 @@ impl Inner {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let (fault, sent) = {
+            // Counted before the bytes go out: once they are written, tailgate may send its
+            // next request, whose fault starts again from zero.
+            let (fault, chunk) = {
                 let mut cur = current.lock().unwrap();
                 if let Some(i) = cur.2.take() {
                     // The response starts: spend the rule, unless another connection did.
@@ -257,37 +258,33 @@ impl Inner {
                         _ => cur.0 = None,
                     }
                 }
-                (cur.0.clone(), cur.1)
+                let room = match &cur.0 {
+                    Some(
+                        Fault::CloseAfter(limit)
+                        | Fault::ResetAfter(limit)
+                        | Fault::StallAfter(limit, _),
+                    ) => limit.saturating_sub(cur.1) as usize,
+                    _ => usize::MAX,
+                };
+                let chunk = &buf[..n.min(room)];
+                cur.1 += chunk.len() as u64;
+                (cur.0.clone().filter(|_| room < n), chunk)
             };
-            let limit = match &fault {
-                Some(Fault::CloseAfter(n) | Fault::ResetAfter(n) | Fault::StallAfter(n, _)) => {
-                    Some(*n)
-                }
-                _ => None,
-            };
-            let mut chunk = &buf[..n];
-            if let Some(limit) = limit {
-                let room = limit.saturating_sub(sent) as usize;
-                if room < chunk.len() {
-                    chunk = &chunk[..room];
-                    let _ = to.write_all(chunk);
-                    match fault {
-                        Some(Fault::ResetAfter(_)) => {
-                            let _ = socket2::SockRef::from(to).set_linger(Some(Duration::ZERO));
-                        }
-                        Some(Fault::StallAfter(_, d)) => {
-                            #[allow(clippy::disallowed_methods)] // the stall is the fault
-                            thread::sleep(d);
-                        }
-                        _ => {}
-                    }
+            let wrote = to.write_all(chunk).is_ok();
+            match fault {
+                None if wrote => {}
+                None => return,
+                Some(Fault::ResetAfter(_)) => {
+                    let _ = socket2::SockRef::from(to).set_linger(Some(Duration::ZERO));
                     return;
                 }
+                Some(Fault::StallAfter(_, d)) => {
+                    #[allow(clippy::disallowed_methods)] // the stall is the fault
+                    thread::sleep(d);
+                    return;
+                }
+                Some(_) => return,
             }
-            if to.write_all(chunk).is_err() {
-                return;
-            }
-            current.lock().unwrap().1 += chunk.len() as u64;
         }
     }
 }
