@@ -7,7 +7,9 @@
 //! CLOSE-WAIT, no connection still reading or writing, no upstream connection beyond the
 //! idle pool, and the process's RSS stays bounded. Real tailgate over real sockets.
 //!
-//! `SOAK_SECS` sets the load's length per relay mode (default 5), `SOAK_SEED` its seed.
+//! It runs in each relay mode and with the tail cache on (tails filled while fills fail and
+//! requests race). `SOAK_SECS` sets the load's length per mode (default 5), `SOAK_SEED` its
+//! seed.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
@@ -451,6 +453,10 @@ fn soak(mode: &str, seed: u64, secs: u64) {
     assert!(failures.is_empty(), "{counts}\n{}", failures.join("\n"));
     assert!(faults > 10, "{counts}: too few faults to mean anything");
     assert!(t.aborted.load(Ordering::Relaxed) > 10, "{counts}");
+    if mode.contains("tail_cache") {
+        let hits = metric_sum(&tg, "tailgate_tail_cache_hits_total");
+        assert!(hits > 10, "{counts}: {hits} tail cache hits");
+    }
 
     // Afterwards: nothing left reading, writing or in CLOSE-WAIT; upstream connections no
     // more than the idle pool; memory bounded.
@@ -505,6 +511,7 @@ fn verifying_and_aborting_clients_over_a_failing_upstream() {
         "relay_splice on;",
         "relay_splice off;",
         "relay_large_buffers 2 128k;",
+        "tail_cache_size 1m;",
     ] {
         soak(mode, seed, secs);
     }
