@@ -1,13 +1,18 @@
 //! The S3 side's other shapes: HTTPS through rustls (TLS 1.3 and 1.2, a private CA given by
-//! `tls_ca_file`, a wrong CA refused) and virtual-hosted addressing.
+//! `tls_ca_file`, a wrong CA refused, resets, closes without close_notify and stalls
+//! mid-body resumed or made loud) and virtual-hosted addressing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use common::relay::{Fault, Relay};
 use common::*;
+
+const MIB: u64 = 1024 * 1024;
 
 /// A CA and a leaf for 127.0.0.1/localhost signed by it (webpki does not take a
 /// self-signed leaf as an anchor).
@@ -85,6 +90,84 @@ fn https_with_a_private_ca_over_tls_1_3_and_1_2() {
             tg.get("/apk/tls/a.apk", &[]).status,
             502,
             "{protocols}: untrusted CA"
+        );
+    }
+}
+
+/// The fault relay between tailgate and a TLS gateway breaks the encrypted stream part-way:
+/// a reset, a FIN in the middle of a record (no close_notify) and a stall past
+/// `read_timeout`. Each download is resumed on a fresh TLS connection at the exact byte;
+/// without retries the cut is loud (short body, connection closed), never a clean end.
+#[test]
+fn https_bodies_broken_mid_stream_are_resumed_or_cut_loudly() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "tf",
+        bytes(6 * MIB as usize, 71),
+        vec![("a", bytes(300_000, 72))],
+    );
+    let full = pkg.full("a");
+    let certs = TempDir::new("certs");
+    make_certs(certs.path(), "gw");
+    let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
+    for protocols in ["TLSv1.3", "TLSv1.2"] {
+        let gw = tls_gateway(&s3, certs.path(), protocols);
+        let relay = Relay::start(gw.addr);
+        let endpoint = format!("https://{}", relay.addr);
+        // No pooling, so each fetch opens the connection the next fault is for; the
+        // manifest is fetched once, by the HEAD below.
+        let s3_extra = format!("{ca} keepalive 0; retries 3; read_timeout 1s;");
+        let tg = Tailgate::start(&conf(&endpoint, SK, "manifest_cache_ttl 1h;", &s3_extra));
+        let mut c = tg.client();
+        c.send(&request("HEAD", "/apk/tf/a.apk", &[]));
+        assert_eq!(c.response(true).unwrap().status, 200);
+        let faults = [
+            Fault::ResetAfter(MIB),
+            Fault::CloseAfter(2 * MIB + 5),
+            Fault::StallAfter(MIB / 2, Duration::from_secs(2)),
+        ];
+        for (i, fault) in faults.into_iter().enumerate() {
+            relay.fault_next_connection(fault.clone());
+            c.send(&request("GET", "/apk/tf/a.apk", &[]));
+            let r = c.response(false).unwrap();
+            assert_eq!(r.status, 200, "{protocols} {fault:?}");
+            assert!(r.body == full, "{protocols} {fault:?}: body differs");
+            assert_eq!(
+                tg.metric("tailgate_upstream_resumes_total"),
+                i as u64 + 1,
+                "{protocols} {fault:?}"
+            );
+        }
+        // A range across the head/tail boundary, its head part reset.
+        relay.fault_next_connection(Fault::ResetAfter(100_000));
+        let (from, to) = (6 * MIB as usize - 200_000, 6 * MIB as usize + 1000);
+        let spec = format!("bytes={from}-{to}");
+        c.send(&request("GET", "/apk/tf/a.apk", &[("Range", &spec)]));
+        let r = c.response(false).unwrap();
+        assert_eq!(r.status, 206, "{protocols}");
+        assert!(r.body == full[from..=to], "{protocols}: range body differs");
+
+        // Without retries: the client sees a short body and a closed connection.
+        let s3_extra = format!("{ca} keepalive 0; retries 0;");
+        let strict = Tailgate::start(&conf(&endpoint, SK, "", &s3_extra));
+        let mut c = strict.client();
+        c.send(&request("HEAD", "/apk/tf/a.apk", &[]));
+        assert_eq!(c.response(true).unwrap().status, 200);
+        relay.fault_next_connection(Fault::CloseAfter(MIB));
+        c.send(&request("GET", "/apk/tf/a.apk", &[]));
+        let r = c.response(false).unwrap();
+        assert_eq!(r.status, 200, "{protocols}");
+        assert!(
+            r.body.len() < full.len(),
+            "{protocols}: a cut body must be short"
+        );
+        assert!(r.body == full[..r.body.len()], "{protocols}: wrong bytes");
+        assert!(c.closed(Duration::from_secs(5)), "{protocols}: must close");
+        assert_eq!(
+            strict.metric("tailgate_truncations_total"),
+            1,
+            "{protocols}"
         );
     }
 }

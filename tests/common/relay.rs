@@ -62,6 +62,10 @@ pub struct Inner {
     pub open_now: AtomicUsize,
     pub max_open: AtomicUsize,
     pub rules: Mutex<Vec<Rule>>,
+    /// Faults for the response streams of the next connections, whatever they carry
+    /// (for TLS, whose request lines the relay cannot read), counted from the
+    /// connection's first byte; first in, first used.
+    conn_faults: Mutex<Vec<Fault>>,
     stop: AtomicBool,
 }
 
@@ -121,6 +125,11 @@ impl Inner {
         });
     }
 
+    /// Applies `fault` to the whole response stream of the next connection opened.
+    pub fn fault_next_connection(&self, fault: Fault) {
+        self.conn_faults.lock().unwrap().push(fault);
+    }
+
     /// Drops every rule, spent or not.
     pub fn clear_rules(&self) {
         self.rules.lock().unwrap().clear();
@@ -160,8 +169,13 @@ impl Inner {
             at: Instant::now(),
             conn: id,
         });
-        // The fault for the current response, set by the request pump.
-        let current: Arc<Current> = Arc::default();
+        // The fault for the current response, set by the request pump, or for the whole
+        // connection.
+        let whole = {
+            let mut faults = self.conn_faults.lock().unwrap();
+            (!faults.is_empty()).then(|| faults.remove(0))
+        };
+        let current: Arc<Current> = Arc::new(Mutex::new((whole, 0, None)));
         let (c2, s2, cur2, me) = (
             client.try_clone().unwrap(),
             server.try_clone().unwrap(),
