@@ -686,3 +686,35 @@ pub fn established_to(pid: u32, addr: SocketAddr) -> usize {
         .filter(|l| l.split_whitespace().nth(3) == Some(&addr.to_string()))
         .count()
 }
+
+/// For the TLS tests: a CA and a leaf for 127.0.0.1/localhost signed by it (webpki does
+/// not take a self-signed leaf as an anchor).
+pub fn make_certs(dir: &Path, name: &str) {
+    let d = dir.display();
+    let script = format!(
+        "set -e; cd {d}
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}-ca.key -out {name}-ca.pem -days 2 \
+           -subj /CN={name}-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}-leaf.key -out {name}-leaf.csr -subj /CN=localhost
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage=serverAuth\\n' > {name}-ext.cnf
+         openssl x509 -req -in {name}-leaf.csr -CA {name}-ca.pem -CAkey {name}-ca.key -CAcreateserial -out {name}-leaf.pem -days 2 -extfile {name}-ext.cnf"
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn tls_gateway(s3: &S3, dir: &Path, protocols: &str) -> Nginx {
+    let d = dir.display();
+    Nginx::start(
+        &format!("upstream s3 {{ server {}; keepalive 8; }}", s3.addr),
+        &format!(
+            "  listen {{listen}} ssl;\n  ssl_certificate {d}/gw-leaf.pem;\n  ssl_certificate_key {d}/gw-leaf.key;\n  \
+             ssl_protocols {protocols};\n  location / {{\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   \
+             proxy_set_header Connection \"\";\n   proxy_set_header Host $http_host;\n  }}"
+        ),
+    )
+}

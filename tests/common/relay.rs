@@ -130,9 +130,15 @@ impl Inner {
         self.conn_faults.lock().unwrap().push(fault);
     }
 
-    /// Drops every rule, spent or not.
+    /// Connection faults not yet taken by a connection.
+    pub fn connection_faults_pending(&self) -> usize {
+        self.conn_faults.lock().unwrap().len()
+    }
+
+    /// Drops every rule, spent or not, and every connection fault not yet taken.
     pub fn clear_rules(&self) {
         self.rules.lock().unwrap().clear();
+        self.conn_faults.lock().unwrap().clear();
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -236,6 +242,11 @@ impl Inner {
                     slow_down = true;
                 }
                 *current.lock().unwrap() = (fault, 0, rule);
+            }
+            // A stream with no request heads in it (TLS) keeps only what a split "\r\n\r\n"
+            // needs.
+            if pending.len() > 65536 {
+                pending.drain(..pending.len() - 3);
             }
             if slow_down {
                 let body = "<Error><Code>SlowDown</Code></Error>";
