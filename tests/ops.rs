@@ -356,6 +356,63 @@ fn sigquit_drains_and_sigterm_exits_fast() {
 
 const OK_REQUEST: &str = "GET /apk/q/a.apk HTTP/1.1\r\nHost: t\r\nRange: bytes=0-0\r\n\r\n";
 
+/// Upgrading in place (README "Upgrading without a gap"): a second process binds the same
+/// address beside the first (SO_REUSEPORT); after SIGQUIT to the first, its download in
+/// flight finishes while every new connection is served by the second, and the pid file
+/// is left to the second.
+#[test]
+fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "u", bytes(32 * MIB, 7), vec![("a", bytes(1000, 8))]);
+    let port = free_port();
+    let dir = TempDir::new("upgrade");
+    let pid_file = dir.path().join("tailgate.pid");
+    let conf = format!(
+        "pid {};\n{}",
+        pid_file.display(),
+        conf(&s3.endpoint(), SK, "", "")
+            .replace("listen 127.0.0.1:0;", &format!("listen 127.0.0.1:{port};"))
+    );
+    let mut old = Tailgate::start(&conf);
+    let slow = download_in_flight(old.addr, "/apk/u/a.apk", 32 * MIB + 1000, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let new = Tailgate::start(&conf);
+    assert_eq!(new.addr, old.addr);
+    let listening = |pid: u32| {
+        let out = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains(&format!(":{port} ")) && l.contains(&format!("pid={pid},")))
+    };
+    assert!(listening(old.proc.0.id()) && listening(new.proc.0.id()));
+    signal(&old, "-QUIT");
+    wait_for("the old listeners to close", Duration::from_secs(3), || {
+        !listening(old.proc.0.id())
+    });
+    // Every new connection now reaches the new process.
+    for _ in 0..200 {
+        let mut c = Client::connect(new.addr);
+        c.send(OK_REQUEST.replace("/q/", "/u/").as_bytes());
+        let r = c.response(false).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (206, &pkg.full("a")[..1]));
+    }
+    let res = slow.join().unwrap();
+    assert!(
+        !res.cut_short && res.body == pkg.full("a"),
+        "the old process's download differs ({} bytes)",
+        res.body.len()
+    );
+    wait_for("the old process to exit", Duration::from_secs(5), || {
+        old.proc.0.try_wait().unwrap().is_some()
+    });
+    assert_eq!(new.get("/apk/u/a.apk", &[]).body, pkg.full("a"));
+    // The old process left the pid file the new one wrote.
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        new.proc.0.id().to_string()
+    );
+}
+
 #[test]
 fn the_openresty_front_config_in_front_of_tailgate() {
     let s3 = S3::start();

@@ -117,7 +117,12 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
     let outcome = done_rx.recv().unwrap_or(Ok(()));
     let (_, conf) = shared.current();
     if let Some(pid) = &conf.pid {
-        let _ = std::fs::remove_file(pid);
+        // Only our own: during an upgrade in place the new process has rewritten it.
+        let ours = std::fs::read_to_string(pid)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(pid);
+        }
     }
     outcome.map_err(ServeError::Io)
 }

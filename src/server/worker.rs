@@ -204,14 +204,13 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
     let mut last_logged: Option<Instant> = None;
     loop {
         let accepted = listener.accept().await;
-        if worker.shared.draining.load(Ordering::Acquire) {
-            if let Ok((stream, _)) = accepted {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-            return;
-        }
+        // Draining shuts the listener down, which fails the pending accept; a connection
+        // accepted just before is still answered (with `Connection: close`), as its client
+        // may have sent its request already and cannot know to retry elsewhere.
+        let draining = worker.shared.draining.load(Ordering::Acquire);
         let (stream, peer) = match accepted {
             Ok(v) => v,
+            Err(_) if draining => return,
             Err(e) => {
                 failures += 1;
                 if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -239,5 +238,8 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
         worker.stats.handled.fetch_add(1, Ordering::Relaxed);
         worker.active.set(worker.active.get() + 1);
         tokio_uring::spawn(conn::serve(stream, peer, Rc::clone(&worker)));
+        if draining {
+            return;
+        }
     }
 }
