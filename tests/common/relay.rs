@@ -3,6 +3,7 @@
 //! close or reset at a byte offset, stall, or answer 503 instead of forwarding.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,7 +66,7 @@ pub struct Inner {
     /// Faults for the response streams of the next connections, whatever they carry
     /// (for TLS, whose request lines the relay cannot read), counted from the
     /// connection's first byte; first in, first used.
-    conn_faults: Mutex<Vec<Fault>>,
+    conn_faults: Mutex<VecDeque<Fault>>,
     stop: AtomicBool,
 }
 
@@ -127,7 +128,7 @@ impl Inner {
 
     /// Applies `fault` to the whole response stream of the next connection opened.
     pub fn fault_next_connection(&self, fault: Fault) {
-        self.conn_faults.lock().unwrap().push(fault);
+        self.conn_faults.lock().unwrap().push_back(fault);
     }
 
     /// Connection faults not yet taken by a connection.
@@ -177,10 +178,7 @@ impl Inner {
         });
         // The fault for the current response, set by the request pump, or for the whole
         // connection.
-        let whole = {
-            let mut faults = self.conn_faults.lock().unwrap();
-            (!faults.is_empty()).then(|| faults.remove(0))
-        };
+        let whole = self.conn_faults.lock().unwrap().pop_front();
         let current: Arc<Current> = Arc::new(Mutex::new((whole, 0, None)));
         let (c2, s2, cur2, me) = (
             client.try_clone().unwrap(),
