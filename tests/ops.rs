@@ -37,6 +37,19 @@ fn download_in_flight(
     })
 }
 
+/// A draining process's download in flight arrives whole, then the process exits.
+fn finishes_then_exits(slow: std::thread::JoinHandle<SlowResult>, full: &[u8], tg: &mut Tailgate) {
+    let res = slow.join().unwrap();
+    assert!(
+        !res.cut_short && res.body == full,
+        "drained download differs ({} bytes)",
+        res.body.len()
+    );
+    wait_for("exit after the drain", Duration::from_secs(5), || {
+        tg.proc.0.try_wait().unwrap().is_some()
+    });
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -334,15 +347,7 @@ fn sigquit_drains_and_sigterm_exits_fast() {
         matches!(std::io::Read::read(&mut c, &mut b), Ok(0) | Err(_))
     });
     // ...while the download in flight completes, then the process exits.
-    let res = slow.join().unwrap();
-    assert!(
-        !res.cut_short && res.body == pkg.full("a"),
-        "drained download differs ({} bytes)",
-        res.body.len()
-    );
-    wait_for("exit after the drain", Duration::from_secs(5), || {
-        tg.proc.0.try_wait().unwrap().is_some()
-    });
+    finishes_then_exits(slow, &pkg.full("a"), &mut tg);
     assert!(!pid_file.exists(), "pid file removed");
 
     let mut tg2 = Tailgate::start(&conf(&s3.endpoint(), SK, "", ""));
@@ -363,7 +368,7 @@ const OK_REQUEST: &str = "GET /apk/q/a.apk HTTP/1.1\r\nHost: t\r\nRange: bytes=0
 #[test]
 fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
     let s3 = S3::start();
-    let pkg = upload_package(&s3, "u", bytes(32 * MIB, 7), vec![("a", bytes(1000, 8))]);
+    let pkg = upload_package(&s3, "q", bytes(32 * MIB, 7), vec![("a", bytes(1000, 8))]);
     let port = free_port();
     let dir = TempDir::new("upgrade");
     let pid_file = dir.path().join("tailgate.pid");
@@ -374,7 +379,7 @@ fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
             .replace("listen 127.0.0.1:0;", &format!("listen 127.0.0.1:{port};"))
     );
     let mut old = Tailgate::start(&conf);
-    let slow = download_in_flight(old.addr, "/apk/u/a.apk", 32 * MIB + 1000, 3);
+    let slow = download_in_flight(old.addr, "/apk/q/a.apk", 32 * MIB + 1000, 3);
     std::thread::sleep(Duration::from_millis(300));
     let new = Tailgate::start(&conf);
     assert_eq!(new.addr, old.addr);
@@ -392,20 +397,12 @@ fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
     // Every new connection now reaches the new process.
     for _ in 0..200 {
         let mut c = Client::connect(new.addr);
-        c.send(OK_REQUEST.replace("/q/", "/u/").as_bytes());
+        c.send(OK_REQUEST.as_bytes());
         let r = c.response(false).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (206, &pkg.full("a")[..1]));
     }
-    let res = slow.join().unwrap();
-    assert!(
-        !res.cut_short && res.body == pkg.full("a"),
-        "the old process's download differs ({} bytes)",
-        res.body.len()
-    );
-    wait_for("the old process to exit", Duration::from_secs(5), || {
-        old.proc.0.try_wait().unwrap().is_some()
-    });
-    assert_eq!(new.get("/apk/u/a.apk", &[]).body, pkg.full("a"));
+    finishes_then_exits(slow, &pkg.full("a"), &mut old);
+    assert_eq!(new.get("/apk/q/a.apk", &[]).body, pkg.full("a"));
     // The old process left the pid file the new one wrote.
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),

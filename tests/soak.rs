@@ -371,20 +371,6 @@ fn chaos(relay: &Relay, tls: bool, seed: u64, until: Instant) -> u64 {
     added
 }
 
-fn metric_sum(tg: &Tailgate, prefix: &str) -> u64 {
-    let r = tg.get("/metrics", &[]);
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix(prefix)?
-                .rsplit(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -470,7 +456,7 @@ fn soak(mode: &str, tls: bool, seed: u64, secs: u64) {
     }
     relay.clear_rules();
     let t = &load.tally;
-    let hits = metric_sum(&tg, "tailgate_tail_cache_hits_total");
+    let hits = tg.metric("tailgate_tail_cache_hits_total");
     let counts = format!(
         "{label} seed {seed}: whole {} ranges {} multipart {} pipelined {} revalidated {} aborted {}, \
          {faults} upstream faults, {} resumes, {hits} tail cache hits",
@@ -480,7 +466,7 @@ fn soak(mode: &str, tls: bool, seed: u64, secs: u64) {
         t.pipelined.load(Ordering::Relaxed),
         t.revalidated.load(Ordering::Relaxed),
         t.aborted.load(Ordering::Relaxed),
-        metric_sum(&tg, "tailgate_upstream_resumes_total"),
+        tg.metric("tailgate_upstream_resumes_total"),
     );
     eprintln!("{counts}");
     let failures = t.failures.lock().unwrap();
@@ -495,10 +481,10 @@ fn soak(mode: &str, tls: bool, seed: u64, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // The metrics request itself is one connection writing.
-        let busy = metric_sum(&tg, "tailgate_connections{state=\"reading\"}")
-            + metric_sum(&tg, "tailgate_connections{state=\"writing\"}");
-        let active = metric_sum(&tg, "tailgate_upstream_pool_connections{state=\"active\"}");
-        let idle = metric_sum(&tg, "tailgate_upstream_pool_connections{state=\"idle\"}");
+        let busy = tg.metric("tailgate_connections{state=\"reading\"}")
+            + tg.metric("tailgate_connections{state=\"writing\"}");
+        let active = tg.metric("tailgate_upstream_pool_connections{state=\"active\"}");
+        let idle = tg.metric("tailgate_upstream_pool_connections{state=\"idle\"}");
         let upstream = relay.open_now.load(Ordering::SeqCst) as u64;
         if busy <= 1 && active == 0 && upstream <= idle {
             break;

@@ -349,13 +349,18 @@ impl Tailgate {
         Client::connect(self.addr)
     }
 
-    /// A counter or gauge from tailgate's own metrics, by the start of its line.
+    /// A counter or gauge from tailgate's own metrics, by the start of its line; the sum
+    /// over its labels when the start leaves them open (`tailgate_connections{state=`).
     pub fn metric(&self, line_prefix: &str) -> u64 {
         let r = self.get("/metrics", &[]);
         let text = String::from_utf8(r.body).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
+        let values: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!values.is_empty(), "no {line_prefix} in:\n{text}");
+        values.iter().sum()
     }
 
     /// One GET on a fresh connection.
