@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently, on Debian 12:
-# Debian's nginx and curl, and the s3s-fs S3 server (pinned) under $TAILGATE_TOOLS.
+# Debian's nginx and curl, unshare and mount (tests/endpoints.rs), and the s3s-fs S3
+# server (pinned) under $TAILGATE_TOOLS.
 set -euo pipefail
 
 TOOLS="${TAILGATE_TOOLS:-$HOME/.cache/tailgate-tools}"
 S3S_VERSION="0.14.1"
 
 need_apt=()
-for pkg in nginx curl iproute2 ca-certificates openssl apksigner zipalign python3; do
+for pkg in nginx curl iproute2 util-linux mount ca-certificates openssl apksigner zipalign python3; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -166,6 +166,7 @@ const SPECS: &[Spec] = &[
     d("keepalive_timeout", Ctx::S3, 1, 1),
     d("retries", Ctx::S3, 1, 1),
     d("retry_backoff", Ctx::S3, 1, 1),
+    d("resolve_interval", Ctx::S3, 1, 1),
     d("composite", Ctx::Location, 1, 1),
     d("object", Ctx::Location, 1, 1),
     d("stub_status", Ctx::Location, 0, 0),
@@ -463,6 +464,15 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
             number(v).map(|n| n.min(100) as u32)
         })?,
         retry_backoff: value(nodes, "retry_backoff", Duration::from_millis(50), time)?,
+        resolve_interval: value(nodes, "resolve_interval", Some(secs(30)), |v| {
+            if v == "off" {
+                return Ok(None);
+            }
+            match time(v)? {
+                t if t < secs(1) => Err(format!("interval \"{v}\" is below the minimum 1s")),
+                t => Ok(Some(t)),
+            }
+        })?,
     })
 }
 
@@ -694,10 +704,27 @@ mod tests {
         assert!(!c.http.relay_splice);
         assert_eq!(c.http.relay_large_buffers, (0, 1 << 20));
         assert_eq!(c.http.s3[0].retry_backoff, Duration::from_millis(50));
+        assert_eq!(c.http.s3[0].resolve_interval, Some(secs(30)));
         assert_eq!(c.http.s3[0].secret_access_key, "s3cr3t");
         assert_eq!(c.http.s3[0].region, "us-east-1");
         assert_eq!(c.http.locations[0].handler, Handler::Composite(0));
         assert!(c.worker_threads >= 1);
+    }
+
+    #[test]
+    fn resolve_interval_is_a_time_of_at_least_a_second_or_off() {
+        let with = |v: &str| {
+            conf(&format!(
+                "listen 1;\ns3 b {{ endpoint http://127.0.0.1:9000; bucket apks; access_key_id AK; secret_access_key AK;\n resolve_interval {v}; }}"
+            ))
+        };
+        let interval = |v: &str| with(v).map(|c| c.http.s3[0].resolve_interval);
+        assert_eq!(interval("off").ok(), Some(None));
+        assert_eq!(interval("5m").ok(), Some(Some(secs(300))));
+        assert_eq!(
+            with("500ms").unwrap_err().to_string(),
+            "t.conf:4: interval \"500ms\" is below the minimum 1s in \"resolve_interval\" directive"
+        );
     }
 
     #[test]

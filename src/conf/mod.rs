@@ -141,6 +141,8 @@ pub struct S3 {
     pub keepalive_timeout: Duration,
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// How often the endpoint's host name is looked up again; `None`: only at load.
+    pub resolve_interval: Option<Duration>,
 }
 
 /// Credentials never reach a log line, not even through `{:?}`.

@@ -9,8 +9,8 @@ mod worker;
 use std::fmt;
 use std::net::{Shutdown, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
@@ -19,7 +19,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::conf::{ConfError, Config, ProcessEnv};
 use crate::log::{self, AccessLog};
-use crate::metrics::Registry;
+use crate::timer::Tick;
+use crate::upstream::addresses::Refresh;
 use worker::Shared;
 
 #[derive(Debug)]
@@ -61,13 +62,8 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Io(format!("pid {}: {e}", pid.display())))?;
     }
     let threads = conf.worker_threads;
-    let shared = Arc::new(Shared {
-        access: AccessLog::start(conf.http.access_log.as_deref()),
-        conf: Mutex::new(Arc::new(conf)),
-        generation: AtomicU64::new(0),
-        registry: Registry::default(),
-        draining: AtomicBool::new(false),
-    });
+    let access = AccessLog::start(conf.http.access_log.as_deref());
+    let shared = Arc::new(Shared::new(conf, access));
     // Every listener, kept here too so that a drain can stop the workers' accepts.
     let mut all_listeners = Vec::new();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -95,6 +91,11 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Io(format!("spawn worker: {e}")))?;
     }
     log::info!("started {threads} workers");
+    let resolver = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("tailgate-resolver".into())
+        .spawn(move || resolve_forever(&resolver))
+        .map_err(|e| ServeError::Io(format!("spawn resolver: {e}")))?;
     let watcher = Arc::clone(&shared);
     let conf_path = path.to_path_buf();
     std::thread::spawn(move || {
@@ -149,11 +150,48 @@ fn reload(shared: &Shared, path: &Path) {
     if new.http.access_log != old.http.access_log {
         shared.access.reopen(new.http.access_log.as_deref());
     }
-    if let Ok(mut c) = shared.conf.lock() {
-        *c = Arc::new(new);
-    }
-    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let generation = shared.replace(new);
     log::info!("reload: configuration generation {generation} in use for new requests");
+}
+
+/// Looks the current generation's endpoint names up again as their `resolve_interval`
+/// comes due, on this thread (DNS may block; workers never wait for it), and logs what
+/// changed or failed: the workers' next connections go to the new addresses, and their
+/// idle connections to addresses that are gone close within a second.
+fn resolve_forever(shared: &Shared) {
+    loop {
+        #[allow(clippy::disallowed_methods)] // the resolver's own thread, not a worker runtime
+        std::thread::sleep(Duration::from_secs(1));
+        let (_, conf, endpoints) = shared.current_with_endpoints();
+        for (b, addresses) in conf.http.s3.iter().zip(endpoints.iter()) {
+            let Some(interval) = b.resolve_interval else {
+                continue;
+            };
+            match addresses.refresh(Tick::now(), interval) {
+                Refresh::Changed(old, new) => log::info!(
+                    "s3 block \"{}\": \"{}\" now resolves to {} (was {})",
+                    b.name,
+                    b.endpoint.host,
+                    list(&new),
+                    list(&old)
+                ),
+                Refresh::Failed(e) => log::warning!(
+                    "s3 block \"{}\": {e}; keeping {}",
+                    b.name,
+                    list(&addresses.current())
+                ),
+                Refresh::Skipped | Refresh::Unchanged => {}
+            }
+        }
+    }
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// SIGUSR1: reopen the error and access logs by path, as nginx does after logrotate has

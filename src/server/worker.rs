@@ -18,7 +18,8 @@ use crate::object::manifest::{Cache, Manifest};
 use crate::object::tail_cache::TailCache;
 use crate::relay::splice::Pipes;
 use crate::relay::{Buffers, LargeBuffers};
-use crate::timer::Timers;
+use crate::timer::{Tick, Timers};
+use crate::upstream::addresses::Addresses;
 use crate::upstream::Upstream;
 
 use super::conn;
@@ -26,10 +27,14 @@ use super::conn;
 /// A response head's buffer; a longer head (a long file name) grows its own.
 const HEAD_BUFFER: usize = 1024;
 
-/// What all workers share: the current conf generation, the stats registry, the access
-/// log writer, and the drain flag.
+/// Each `s3` block's endpoint addresses, indexed like `conf.http.s3`: one set per conf
+/// generation, shared by the workers and refreshed by the resolver thread.
+pub(super) type Endpoints = Arc<[Arc<Addresses>]>;
+
+/// What all workers share: the current conf generation with its endpoints, the stats
+/// registry, the access log writer, and the drain flag.
 pub(super) struct Shared {
-    pub conf: Mutex<Arc<Config>>,
+    conf: Mutex<(Arc<Config>, Endpoints)>,
     pub generation: AtomicU64,
     pub registry: Registry,
     pub access: AccessLog,
@@ -37,13 +42,50 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn current(&self) -> (u64, Arc<Config>) {
-        let conf = match self.conf.lock() {
-            Ok(c) => Arc::clone(&c),
-            Err(p) => Arc::clone(&p.into_inner()),
-        };
-        (self.generation.load(Ordering::Acquire), conf)
+    pub(super) fn new(conf: Config, access: AccessLog) -> Shared {
+        Shared {
+            conf: Mutex::new(with_endpoints(conf)),
+            generation: AtomicU64::new(0),
+            registry: Registry::default(),
+            access,
+            draining: AtomicBool::new(false),
+        }
     }
+
+    pub(super) fn current(&self) -> (u64, Arc<Config>) {
+        let (generation, conf, _) = self.current_with_endpoints();
+        (generation, conf)
+    }
+
+    pub(super) fn current_with_endpoints(&self) -> (u64, Arc<Config>, Endpoints) {
+        let (conf, endpoints) = &*self.conf.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            self.generation.load(Ordering::Acquire),
+            Arc::clone(conf),
+            Arc::clone(endpoints),
+        )
+    }
+
+    /// Makes `conf` the next generation; returns its number.
+    pub(super) fn replace(&self, conf: Config) -> u64 {
+        *self.conf.lock().unwrap_or_else(|p| p.into_inner()) = with_endpoints(conf);
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// A conf and fresh address sets for its endpoints, starting from what its load resolved.
+fn with_endpoints(conf: Config) -> (Arc<Config>, Endpoints) {
+    let now = Tick::now();
+    let endpoints = conf
+        .http
+        .s3
+        .iter()
+        .map(|b| {
+            let e = &b.endpoint;
+            Arc::new(Addresses::new(&e.host, e.port, &e.addrs, now))
+        })
+        .collect();
+    (Arc::new(conf), endpoints)
 }
 
 /// One generation of a worker's state.
@@ -68,11 +110,16 @@ pub(super) struct State {
 }
 
 impl State {
-    fn new(generation: u64, conf: Arc<Config>, stats: &Arc<Stats>) -> Result<State, String> {
+    fn new(
+        generation: u64,
+        conf: Arc<Config>,
+        endpoints: &Endpoints,
+        stats: &Arc<Stats>,
+    ) -> Result<State, String> {
         let http = &conf.http;
         Ok(State {
             generation,
-            upstream: Upstream::new(&http.s3, Arc::clone(stats))?,
+            upstream: Upstream::new(&http.s3, endpoints, Arc::clone(stats))?,
             manifests: caches(http),
             objects: caches(http),
             tails: RefCell::new(TailCache::new(
@@ -119,8 +166,8 @@ impl Worker {
         if current.generation == seen {
             return current;
         }
-        let (generation, conf) = self.shared.current();
-        match State::new(generation, conf, &self.stats) {
+        let (generation, conf, endpoints) = self.shared.current_with_endpoints();
+        match State::new(generation, conf, &endpoints, &self.stats) {
             Ok(s) => {
                 current.upstream.close_idle();
                 let s = Rc::new(s);
@@ -144,8 +191,8 @@ pub(super) fn run(
     listeners: Vec<std::net::TcpListener>,
 ) -> Result<(), String> {
     let stats = shared.registry.register();
-    let (generation, conf) = shared.current();
-    let state = State::new(generation, conf, &stats)?;
+    let (generation, conf, endpoints) = shared.current_with_endpoints();
+    let state = State::new(generation, conf, &endpoints, &stats)?;
     let worker = Rc::new(Worker {
         id,
         shared,

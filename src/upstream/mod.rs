@@ -3,12 +3,13 @@
 //! resume are decided by `relay`, which knows what the client already has; whole-object
 //! fetches (manifests, object metadata) retry here.
 
+pub mod addresses;
 pub mod pool;
 pub mod response;
 pub mod s3;
 pub mod transport;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -21,6 +22,7 @@ use crate::conf::{Addressing, Scheme, S3};
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
 use crate::timer::{self, Tick, Timer};
+use addresses::Addresses;
 use pool::Pool;
 use response::{Meta, Parsed, Refusal, UpstreamHead};
 use s3::Ask;
@@ -95,6 +97,11 @@ struct Block {
     tls: Option<Arc<ClientConfig>>,
     /// TLS server name: the endpoint host, or `bucket.host` for virtual addressing.
     server_name: String,
+    /// The endpoint's addresses, shared with the other workers and the resolver.
+    addresses: Arc<Addresses>,
+    /// `addresses`' version when this worker last closed idle connections to addresses
+    /// that are gone.
+    seen: Cell<u64>,
 }
 
 /// A segment response whose head passed the checks; `remaining` body bytes are still to be
@@ -151,6 +158,39 @@ impl Block {
     }
 }
 
+/// The most addresses one new connection tries, each within `connect_timeout`; a request
+/// whose connection fails is retried (`retries`) on the next ones.
+const CONNECT_TRIES: usize = 3;
+
+/// Opens a new connection to `b`'s endpoint: its addresses in [`Addresses::candidates`]
+/// order, the next one after a refusal or a `connect_timeout`. An address that fails is
+/// tried last by every worker for a while.
+async fn connect(timer: &Timer<'_>, b: &Block) -> Result<Transport, UpstreamError> {
+    let tls = b.tls.as_ref().map(|c| (c, b.server_name.as_str()));
+    let mut last = UpstreamError::new(ErrorKind::Connect(io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        "no address",
+    )));
+    for addr in b
+        .addresses
+        .candidates(Tick::now())
+        .into_iter()
+        .take(CONNECT_TRIES)
+    {
+        let attempt = Transport::connect(addr, tls);
+        match timer.within(b.conf().connect_timeout, attempt).await {
+            Ok(Ok(t)) => {
+                b.addresses.succeeded(addr);
+                return Ok(t);
+            }
+            Ok(Err(e)) => last = UpstreamError::new(ErrorKind::Connect(e)),
+            Err(_) => last = UpstreamError::new(ErrorKind::Timeout),
+        }
+        b.addresses.failed(addr, Tick::now());
+    }
+    Err(last)
+}
+
 impl SegmentBody {
     pub fn remaining(&self) -> u64 {
         self.remaining
@@ -175,10 +215,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(blocks: &[S3], stats: Arc<Stats>) -> Result<Upstream, String> {
+    /// `endpoints` holds the addresses of each block's endpoint, indexed like `blocks`.
+    pub fn new(
+        blocks: &[S3],
+        endpoints: &[Arc<Addresses>],
+        stats: Arc<Stats>,
+    ) -> Result<Upstream, String> {
         let blocks = blocks
             .iter()
-            .map(|b| {
+            .zip(endpoints)
+            .map(|(b, addresses)| {
                 let tls = match b.endpoint.scheme {
                     Scheme::Https => Some(
                         transport::client_config(b.tls_ca_file.as_deref())
@@ -194,6 +240,8 @@ impl Upstream {
                     signer: s3::Signer::new(b),
                     tls,
                     server_name,
+                    seen: Cell::new(addresses.version()),
+                    addresses: Arc::clone(addresses),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -204,14 +252,24 @@ impl Upstream {
         })
     }
 
-    /// Closes idle connections that expired or whose peer closed. Called about once a second.
+    /// Closes idle connections that expired, whose peer closed, or whose address the
+    /// endpoint's name no longer resolves to. Called about once a second.
     pub fn sweep(&self) {
         let now = Tick::now();
-        self.pool.borrow_mut().sweep(now, |k| {
+        let mut pool = self.pool.borrow_mut();
+        pool.sweep(now, |k| {
             self.blocks
                 .get(k)
                 .map_or(Duration::ZERO, |b| b.conf().keepalive_timeout)
         });
+        for (k, b) in self.blocks.iter().enumerate() {
+            let version = b.addresses.version();
+            if b.seen.replace(version) != version {
+                let current = b.addresses.current();
+                pool.close_if(k, |t| t.peer().map_or(true, |a| !current.contains(&a)));
+            }
+        }
+        drop(pool);
         self.publish_idle();
     }
 
@@ -552,14 +610,9 @@ impl Upstream {
                 Err(_) => {}
             }
         }
-        let connect = Transport::connect_any(
-            &b.conf().endpoint.addrs,
-            b.tls.as_ref().map(|c| (c, b.server_name.as_str())),
-        );
-        let t = match timer.within(b.conf().connect_timeout, connect).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return (Err(UpstreamError::new(ErrorKind::Connect(e))), buf),
-            Err(_) => return (Err(UpstreamError::new(ErrorKind::Timeout)), buf),
+        let t = match connect(timer, b).await {
+            Ok(t) => t,
+            Err(e) => return (Err(e), buf),
         };
         let (res, buf) = self
             .exchange_on(timer, block, t, ask, buf, (room, limit))

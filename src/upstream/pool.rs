@@ -93,6 +93,23 @@ impl Pool {
         }
     }
 
+    /// Closes the idle connections of `key` for which `close` says so.
+    pub fn close_if(&mut self, key: usize, close: impl Fn(&Transport) -> bool) {
+        let Some(stack) = self.stacks.get_mut(key) else {
+            return;
+        };
+        let idle = &mut self.idle;
+        stack.retain(|&i| {
+            let gone = idle.get(i).is_some_and(|c| close(&c.transport));
+            if gone {
+                if let Some(c) = idle.try_remove(i) {
+                    c.transport.shutdown();
+                }
+            }
+            !gone
+        });
+    }
+
     /// Closes everything, e.g. when a new conf generation replaces the blocks.
     pub fn clear(&mut self) {
         for c in self.idle.drain() {

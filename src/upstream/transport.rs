@@ -55,21 +55,6 @@ impl Transport {
         Ok(Transport::Tls(tls))
     }
 
-    /// Tries the addresses in order; the first connection that succeeds is kept.
-    pub async fn connect_any(
-        addrs: &[SocketAddr],
-        tls: Option<(&Arc<ClientConfig>, &str)>,
-    ) -> io::Result<Transport> {
-        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
-        for addr in addrs {
-            match Self::connect(*addr, tls).await {
-                Ok(t) => return Ok(t),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
     /// Reads at most `max` bytes into `buf[len..capacity]`; `Ok(0)` is end of stream (or no
     /// room: callers never ask with a full buffer or `max == 0`).
     pub async fn read(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
@@ -114,6 +99,14 @@ impl Transport {
 
     pub fn raw_fd(&self) -> RawFd {
         self.stream().as_raw_fd()
+    }
+
+    /// The address this connection was made to.
+    pub fn peer(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&crate::relay::splice::socket_fd(self.stream()))
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
     }
 
     fn stream(&self) -> &TcpStream {

@@ -314,12 +314,42 @@ pub fn conf(endpoint: &str, secret: &str, extra_http: &str, extra_s3: &str) -> S
 
 impl Tailgate {
     pub fn start(conf: &str) -> Tailgate {
+        Self::start_in(conf, None)
+    }
+
+    /// With `hosts` in place of `/etc/hosts` for tailgate alone, and names looked up there
+    /// only (both bind-mounted in a mount namespace of its own, which takes root): names
+    /// that the test can point elsewhere while tailgate runs, by rewriting `hosts` in place.
+    pub fn start_with_hosts(conf: &str, hosts: &Path) -> Tailgate {
+        Self::start_in(conf, Some(hosts))
+    }
+
+    fn start_in(conf: &str, hosts: Option<&Path>) -> Tailgate {
         let dir = TempDir::new("tg");
         let conf_path = dir.path().join("tailgate.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log_path = dir.path().join("error.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
+        let bin = env!("CARGO_BIN_EXE_tailgate");
+        let mut cmd = match hosts {
+            None => Command::new(bin),
+            Some(h) => {
+                let nsswitch = dir.path().join("nsswitch.conf");
+                std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--mount",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/nsswitch.conf && shift && exec \"$@\"",
+                ])
+                .arg(h)
+                .arg(&nsswitch)
+                .arg(bin);
+                c
+            }
+        };
+        let child = cmd
             .args(["serve", "-c"])
             .arg(&conf_path)
             .stdout(Stdio::null())

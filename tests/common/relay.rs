@@ -84,7 +84,12 @@ impl std::ops::Deref for Relay {
 
 impl Relay {
     pub fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream)
+    }
+
+    /// Listening on `bind` (port 0: any free port).
+    pub fn start_on(bind: SocketAddr, upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind(bind).unwrap();
         listener.set_nonblocking(true).unwrap();
         let relay = Relay {
             addr: listener.local_addr().unwrap(),

@@ -1,0 +1,216 @@
+//! An endpoint's name and addresses: new connections spread over every address the name
+//! resolves to, an address that refuses or never answers is passed over within the same
+//! request and tried last for a while, and a name that moves is followed without a reload
+//! (`resolve_interval`), idle connections to the old address closed. tailgate runs with
+//! the test's own hosts file in place of /etc/hosts (a mount namespace of its own), so
+//! the test decides what the name resolves to; the addresses are loopback ones, each a
+//! relay in front of one s3s-fs.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::relay::{Event, Relay};
+use common::*;
+
+const NAME: &str = "s3.tailgate.test";
+
+/// Points `NAME` at `ips` by rewriting the hosts file in place (the same inode, which is
+/// what the bind mount shows).
+fn point_name(hosts: &Path, ips: &[&str]) {
+    let mut text = String::from("127.0.0.1 localhost\n");
+    for ip in ips {
+        text.push_str(&format!("{ip} {NAME}\n"));
+    }
+    std::fs::write(hosts, text).unwrap();
+}
+
+fn hosts_file(dir: &TempDir, ips: &[&str]) -> PathBuf {
+    let path = dir.path().join("hosts");
+    point_name(&path, ips);
+    path
+}
+
+/// A relay to `s3` on `ip` and the given port (0: any free one).
+fn relay_on(ip: [u8; 4], port: u16, s3: &S3) -> Relay {
+    Relay::start_on(SocketAddr::from((ip, port)), s3.addr)
+}
+
+fn connections(relay: &Relay) -> usize {
+    relay
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Open { .. }))
+        .count()
+}
+
+fn tailgate(s3_extra: &str, port: u16, hosts: &Path) -> Tailgate {
+    let endpoint = format!("http://{NAME}:{port}");
+    Tailgate::start_with_hosts(&conf(&endpoint, SK, "", s3_extra), hosts)
+}
+
+fn wait_for_log(tg: &Tailgate, text: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !tg.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no \"{text}\" in the log:\n{}",
+            tg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "spread",
+        bytes(200_000, 71),
+        vec![("a", bytes(900, 72))],
+    );
+    let a = relay_on([127, 0, 0, 1], 0, &s3);
+    let port = a.addr.port();
+    let b = relay_on([127, 0, 0, 2], port, &s3);
+    // Nothing listens on 127.0.0.3: connecting there is refused at once.
+    let dir = TempDir::new("hosts");
+    let hosts = hosts_file(&dir, &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    // No pool and no retries: every segment needs a new connection, and a refused address
+    // must cost the request nothing.
+    let tg = tailgate("keepalive 0;\n  retries 0;", port, &hosts);
+    let full = pkg.full("a");
+    for _ in 0..9 {
+        let r = tg.get("/apk/spread/a.apk", &[]);
+        assert_eq!(r.status, 200, "{}", tg.log());
+        assert!(r.body == full, "body differs");
+    }
+    let (on_a, on_b) = (connections(&a), connections(&b));
+    // About half each (one manifest and two segments per download, the first download also
+    // the object's metadata); strict alternation is not promised with two workers.
+    assert!(on_a + on_b >= 18, "a {on_a}, b {on_b}");
+    assert!(
+        on_a >= (on_a + on_b) / 4 && on_b >= (on_a + on_b) / 4,
+        "a {on_a}, b {on_b}"
+    );
+}
+
+#[test]
+fn an_address_that_never_answers_costs_one_connect_timeout_then_goes_last() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "dead", bytes(150_000, 73), vec![("a", bytes(700, 74))]);
+    let a = relay_on([127, 0, 0, 1], 0, &s3);
+    let port = a.addr.port();
+    // 127.0.0.2 accepts nothing: a listener with a backlog of 0 that one connection fills,
+    // so the kernel drops every further SYN, as for an address that went dark.
+    let dark = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    dark.bind(&SocketAddr::from(([127, 0, 0, 2], port)).into())
+        .unwrap();
+    dark.listen(0).unwrap();
+    let _filler = TcpStream::connect(SocketAddr::from(([127, 0, 0, 2], port))).unwrap();
+    let dir = TempDir::new("hosts");
+    let hosts = hosts_file(&dir, &["127.0.0.2", "127.0.0.1"]);
+    let tg = tailgate(
+        "keepalive 0;\n  retries 0;\n  connect_timeout 1s;",
+        port,
+        &hosts,
+    );
+    let full = pkg.full("a");
+    let started = Instant::now();
+    for _ in 0..6 {
+        let r = tg.get("/apk/dead/a.apk", &[]);
+        assert_eq!(r.status, 200, "{}", tg.log());
+        assert!(r.body == full, "body differs");
+    }
+    // Each download opens two or three connections. Were the dark address tried in its
+    // turn, every other connection would wait out the 1 s connect_timeout (6 s and more);
+    // after its first timeout it goes last for 10 s, so the others never wait.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert!(connections(&a) >= 12, "{}", connections(&a));
+}
+
+#[test]
+fn a_name_that_moves_is_followed_without_a_reload() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "moves",
+        bytes(120_000, 75),
+        vec![("a", bytes(600, 76))],
+    );
+    let a = relay_on([127, 0, 0, 1], 0, &s3);
+    let port = a.addr.port();
+    let b = relay_on([127, 0, 0, 2], port, &s3);
+    let dir = TempDir::new("hosts");
+    let hosts = hosts_file(&dir, &["127.0.0.1"]);
+    let tg = tailgate("resolve_interval 1s;", port, &hosts);
+    let full = pkg.full("a");
+    let r = tg.get("/apk/moves/a.apk", &[]);
+    assert_eq!((r.status, r.body == full), (200, true));
+    assert!(
+        a.open_now.load(Ordering::SeqCst) >= 1,
+        "pooled connections to a"
+    );
+    assert_eq!(connections(&b), 0);
+
+    point_name(&hosts, &["127.0.0.2"]);
+    wait_for_log(
+        &tg,
+        &format!("now resolves to 127.0.0.2:{port} (was 127.0.0.1:{port})"),
+        Duration::from_secs(5),
+    );
+    // The idle connections to the address that is gone close within a sweep.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while a.open_now.load(Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < deadline, "idle connections to a stay open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = connections(&a);
+    let r = tg.get("/apk/moves/a.apk", &[("Range", "bytes=119990-120099")]);
+    assert_eq!((r.status, r.body == full[119_990..120_100]), (206, true));
+    assert!(connections(&b) >= 1);
+    assert_eq!(
+        connections(&a),
+        before,
+        "a new connection went to the old address"
+    );
+
+    // A lookup that finds nothing keeps the addresses in use.
+    point_name(&hosts, &[]);
+    wait_for_log(
+        &tg,
+        &format!("keeping 127.0.0.2:{port}"),
+        Duration::from_secs(5),
+    );
+    let r = tg.get("/apk/moves/a.apk", &[("Range", "bytes=0-99")]);
+    assert_eq!((r.status, r.body == full[..100]), (206, true));
+    assert_eq!(connections(&a), before);
+}
+
+#[test]
+fn resolve_interval_off_keeps_the_addresses_of_the_load() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "pinned",
+        bytes(90_000, 77),
+        vec![("a", bytes(500, 78))],
+    );
+    let a = relay_on([127, 0, 0, 1], 0, &s3);
+    let port = a.addr.port();
+    let b = relay_on([127, 0, 0, 2], port, &s3);
+    let dir = TempDir::new("hosts");
+    let hosts = hosts_file(&dir, &["127.0.0.1"]);
+    let tg = tailgate("resolve_interval off;\n  keepalive 0;", port, &hosts);
+    point_name(&hosts, &["127.0.0.2"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = tg.get("/apk/pinned/a.apk", &[]);
+    assert_eq!((r.status, r.body == pkg.full("a")), (200, true));
+    assert_eq!(connections(&b), 0);
+    assert!(!tg.log().contains("now resolves to"), "{}", tg.log());
+}
