@@ -97,6 +97,9 @@ fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
         on_a >= (on_a + on_b) / 4 && on_b >= (on_a + on_b) / 4,
         "a {on_a}, b {on_b}"
     );
+    let refused = format!("connect to 127.0.0.3:{port}: connect: Connection refused");
+    let lines = tg.log().lines().filter(|l| l.contains(&refused)).count();
+    assert_eq!(lines, 1, "{}", tg.log());
 }
 
 #[test]
@@ -132,6 +135,10 @@ fn an_address_that_never_answers_costs_one_connect_timeout_then_goes_last() {
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     assert!(connections(&a) >= 12, "{}", connections(&a));
+    // The operator hears of it once, not once per connection.
+    let warned = format!("connect to 127.0.0.2:{port}: timed out");
+    let lines = tg.log().lines().filter(|l| l.contains(&warned)).count();
+    assert_eq!(lines, 1, "{}", tg.log());
 }
 
 #[test]

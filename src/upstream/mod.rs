@@ -19,6 +19,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 
 use crate::conf::{Addressing, Scheme, S3};
+use crate::log;
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
 use crate::timer::{self, Tick, Timer};
@@ -186,6 +187,12 @@ async fn connect(timer: &Timer<'_>, b: &Block) -> Result<Transport, UpstreamErro
             Ok(Err(e)) => last = UpstreamError::new(ErrorKind::Connect(e)),
             Err(_) => last = UpstreamError::new(ErrorKind::Timeout),
         }
+        // At most one line per address and FAIL_TIMEOUT while others answer: it goes last.
+        log::warning!(
+            "s3 block \"{}\": connect to {addr}: {last}; tried after the other addresses for {}s",
+            b.conf().name,
+            addresses::FAIL_TIMEOUT.as_secs()
+        );
         b.addresses.failed(addr, Tick::now());
     }
     Err(last)
