@@ -65,6 +65,24 @@ fn wait_for_log(tg: &Tailgate, text: &str, within: Duration) {
     }
 }
 
+/// A listener on `addr` that accepts nothing: a backlog of 0 that one connection fills, so
+/// the kernel drops every further SYN, as for an address that went dark.
+struct Dark {
+    _listener: socket2::Socket,
+    _filler: TcpStream,
+}
+
+fn dark(addr: SocketAddr) -> Dark {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.bind(&addr.into()).unwrap();
+    listener.listen(0).unwrap();
+    Dark {
+        _filler: TcpStream::connect(addr).unwrap(),
+        _listener: listener,
+    }
+}
+
 #[test]
 fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
     let s3 = S3::start();
@@ -108,13 +126,7 @@ fn an_address_that_never_answers_costs_one_connect_timeout_then_goes_last() {
     let pkg = upload_package(&s3, "dead", bytes(150_000, 73), vec![("a", bytes(700, 74))]);
     let a = relay_on([127, 0, 0, 1], 0, &s3);
     let port = a.addr.port();
-    // 127.0.0.2 accepts nothing: a listener with a backlog of 0 that one connection fills,
-    // so the kernel drops every further SYN, as for an address that went dark.
-    let dark = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    dark.bind(&SocketAddr::from(([127, 0, 0, 2], port)).into())
-        .unwrap();
-    dark.listen(0).unwrap();
-    let _filler = TcpStream::connect(SocketAddr::from(([127, 0, 0, 2], port))).unwrap();
+    let _dark = dark(SocketAddr::from(([127, 0, 0, 2], port)));
     let dir = TempDir::new("hosts");
     let hosts = hosts_file(&dir, &["127.0.0.2", "127.0.0.1"]);
     let tg = tailgate(
@@ -139,6 +151,36 @@ fn an_address_that_never_answers_costs_one_connect_timeout_then_goes_last() {
     let warned = format!("connect to 127.0.0.2:{port}: timed out");
     let lines = tg.log().lines().filter(|l| l.contains(&warned)).count();
     assert_eq!(lines, 1, "{}", tg.log());
+}
+
+#[test]
+fn an_endpoint_dark_altogether_costs_one_connect_timeout_per_attempt() {
+    let s3 = S3::start();
+    upload_package(&s3, "down", bytes(1000, 79), vec![("a", bytes(100, 80))]);
+    let port = free_port();
+    let _d2 = dark(SocketAddr::from(([127, 0, 0, 2], port)));
+    let _d3 = dark(SocketAddr::from(([127, 0, 0, 3], port)));
+    let dir = TempDir::new("hosts");
+    let hosts = hosts_file(&dir, &["127.0.0.2", "127.0.0.3"]);
+    let tg = tailgate(
+        "retries 1;\n  retry_backoff 10ms;\n  connect_timeout 1s;",
+        port,
+        &hosts,
+    );
+    // The first attempt tries both addresses (2 s), the retry one of them (1 s).
+    let started = Instant::now();
+    let r = tg.get("/apk/down/a.apk", &[]);
+    let first = started.elapsed();
+    assert_eq!(r.status, 504, "{}", tg.log());
+    assert!(first >= Duration::from_millis(2900), "took {first:?}");
+    assert!(first < Duration::from_millis(3800), "took {first:?}");
+    // Both failed lately: each attempt tries one, as with a single address.
+    let started = Instant::now();
+    let r = tg.get("/apk/down/a.apk", &[]);
+    let second = started.elapsed();
+    assert_eq!(r.status, 504, "{}", tg.log());
+    assert!(second >= Duration::from_millis(1900), "took {second:?}");
+    assert!(second < Duration::from_millis(2800), "took {second:?}");
 }
 
 #[test]

@@ -75,14 +75,21 @@ impl Addresses {
         Arc::clone(&self.state().list)
     }
 
-    /// The addresses to try for one new connection, best first: the list rotated one step
-    /// further than for the previous connection, addresses that failed within
-    /// [`FAIL_TIMEOUT`] moved behind the others (still tried: they may be all there is).
-    pub fn candidates(&self, now: Tick) -> Vec<SocketAddr> {
+    /// The addresses for one new connection, best first, and how many of them at the front
+    /// have not failed within [`FAIL_TIMEOUT`]: the list rotated one step further than for
+    /// the previous connection, the addresses that failed moved behind the others.
+    pub fn candidates(&self, now: Tick) -> (Vec<SocketAddr>, usize) {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state();
         state.failed.retain(|&(_, until)| until > now);
-        order(&state.list, &state.failed, start)
+        let healthy = state.list.len().saturating_sub(
+            state
+                .list
+                .iter()
+                .filter(|a| state.failed.iter().any(|(f, _)| f == *a))
+                .count(),
+        );
+        (order(&state.list, &state.failed, start), healthy)
     }
 
     /// Notes that connecting to `addr` failed (refused, unreachable, timed out).
@@ -175,12 +182,12 @@ mod tests {
     fn each_connection_starts_one_address_further() {
         let a = addresses(&[addr(1), addr(2), addr(3)]);
         let now = Tick::now();
-        let firsts: Vec<_> = (0..6).map(|_| a.candidates(now)[0]).collect();
+        let firsts: Vec<_> = (0..6).map(|_| a.candidates(now).0[0]).collect();
         assert_eq!(
             firsts,
             [addr(1), addr(2), addr(3), addr(1), addr(2), addr(3)]
         );
-        assert_eq!(a.candidates(now), [addr(1), addr(2), addr(3)]);
+        assert_eq!(a.candidates(now), (vec![addr(1), addr(2), addr(3)], 3));
     }
 
     #[test]
@@ -188,11 +195,11 @@ mod tests {
         let a = addresses(&[addr(1), addr(2), addr(3)]);
         let now = Tick::now();
         a.failed(addr(1), now);
-        assert_eq!(a.candidates(now), [addr(2), addr(3), addr(1)]);
-        assert_eq!(a.candidates(now), [addr(2), addr(3), addr(1)]);
-        assert_eq!(a.candidates(now), [addr(3), addr(2), addr(1)]);
+        assert_eq!(a.candidates(now), (vec![addr(2), addr(3), addr(1)], 2));
+        assert_eq!(a.candidates(now), (vec![addr(2), addr(3), addr(1)], 2));
+        assert_eq!(a.candidates(now), (vec![addr(3), addr(2), addr(1)], 2));
         let later = now + FAIL_TIMEOUT + Duration::from_millis(1);
-        assert_eq!(a.candidates(later), [addr(1), addr(2), addr(3)]);
+        assert_eq!(a.candidates(later), (vec![addr(1), addr(2), addr(3)], 3));
     }
 
     #[test]
@@ -201,9 +208,9 @@ mod tests {
         let now = Tick::now();
         a.failed(addr(1), now);
         a.failed(addr(2), now);
-        assert_eq!(a.candidates(now), [addr(1), addr(2)]);
+        assert_eq!(a.candidates(now), (vec![addr(1), addr(2)], 0));
         a.succeeded(addr(2));
-        assert_eq!(a.candidates(now), [addr(2), addr(1)]);
+        assert_eq!(a.candidates(now), (vec![addr(2), addr(1)], 1));
     }
 
     #[test]
@@ -228,7 +235,7 @@ mod tests {
         assert_eq!(a.version(), 1);
         // addr(2) still failed, addr(1) forgotten with the old set.
         assert_eq!(a.state().failed.len(), 1);
-        assert_eq!(a.candidates(now).last(), Some(&addr(2)));
+        assert_eq!(a.candidates(now).0.last(), Some(&addr(2)));
     }
 
     #[test]

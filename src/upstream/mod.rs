@@ -164,20 +164,18 @@ impl Block {
 const CONNECT_TRIES: usize = 3;
 
 /// Opens a new connection to `b`'s endpoint: its addresses in [`Addresses::candidates`]
-/// order, the next one after a refusal or a `connect_timeout`. An address that fails is
-/// tried last by every worker for a while.
+/// order, the next one after a refusal or a `connect_timeout`, among those that have not
+/// failed lately (up to [`CONNECT_TRIES`]). An address that fails is tried last by every
+/// worker for a while; when every address failed lately, one is tried, so that a request
+/// to an endpoint that is down altogether waits one `connect_timeout` per attempt, no more.
 async fn connect(timer: &Timer<'_>, b: &Block) -> Result<Transport, UpstreamError> {
     let tls = b.tls.as_ref().map(|c| (c, b.server_name.as_str()));
     let mut last = UpstreamError::new(ErrorKind::Connect(io::Error::new(
         io::ErrorKind::AddrNotAvailable,
         "no address",
     )));
-    for addr in b
-        .addresses
-        .candidates(Tick::now())
-        .into_iter()
-        .take(CONNECT_TRIES)
-    {
+    let (candidates, healthy) = b.addresses.candidates(Tick::now());
+    for addr in candidates.into_iter().take(healthy.clamp(1, CONNECT_TRIES)) {
         let attempt = Transport::connect(addr, tls);
         match timer.within(b.conf().connect_timeout, attempt).await {
             Ok(Ok(t)) => {
