@@ -77,6 +77,7 @@ pub struct Stats {
     pub tail_cache_misses: AtomicU64,
     pub tail_cache_bytes: AtomicI64,
     pub spliced_bytes: AtomicU64,
+    pub connect_failures: AtomicU64,
     /// Microseconds.
     durations: Mutex<Histogram<u64>>,
     first_byte: Mutex<Histogram<u64>>,
@@ -110,6 +111,7 @@ impl Default for Stats {
             tail_cache_misses: AtomicU64::new(0),
             tail_cache_bytes: AtomicI64::new(0),
             spliced_bytes: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
             durations: Mutex::new(histogram()),
             first_byte: Mutex::new(histogram()),
         }
@@ -275,6 +277,12 @@ impl Registry {
             "tailgate_upstream_resumes_total",
             "Segment fetches resumed after an upstream failure.",
             self.sum(|s| l(&s.resumes)),
+        );
+        counter(
+            &mut out,
+            "tailgate_upstream_connect_failures_total",
+            "Connections to an upstream address refused, unreachable or timed out (the request may have gone on to the next address).",
+            self.sum(|s| l(&s.connect_failures)),
         );
         counter(
             &mut out,

@@ -118,6 +118,7 @@ fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
     let refused = format!("connect to 127.0.0.3:{port}: connect: Connection refused");
     let lines = tg.log().lines().filter(|l| l.contains(&refused)).count();
     assert_eq!(lines, 1, "{}", tg.log());
+    assert_eq!(tg.metric("tailgate_upstream_connect_failures_total "), 1);
 }
 
 #[test]
@@ -151,6 +152,7 @@ fn an_address_that_never_answers_costs_one_connect_timeout_then_goes_last() {
     let warned = format!("connect to 127.0.0.2:{port}: timed out");
     let lines = tg.log().lines().filter(|l| l.contains(&warned)).count();
     assert_eq!(lines, 1, "{}", tg.log());
+    assert_eq!(tg.metric("tailgate_upstream_connect_failures_total "), 1);
 }
 
 #[test]
@@ -181,6 +183,8 @@ fn an_endpoint_dark_altogether_costs_one_connect_timeout_per_attempt() {
     assert_eq!(r.status, 504, "{}", tg.log());
     assert!(second >= Duration::from_millis(1900), "took {second:?}");
     assert!(second < Duration::from_millis(2800), "took {second:?}");
+    // Both addresses, then one per attempt: 2 + 1 + 1 + 1.
+    assert_eq!(tg.metric("tailgate_upstream_connect_failures_total "), 5);
 }
 
 #[test]

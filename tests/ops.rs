@@ -211,6 +211,7 @@ print(json.dumps(out))
     );
     assert_eq!(get("tailgate_upstream_resumes_total{}"), 0.0);
     assert_eq!(get("tailgate_truncations_total{}"), 0.0);
+    assert_eq!(get("tailgate_upstream_connect_failures_total{}"), 0.0);
     assert!(get("tailgate_upstream_pool_connections{\"state\": \"idle\"}") >= 1.0);
     assert_eq!(
         get("tailgate_upstream_pool_connections{\"state\": \"active\"}"),

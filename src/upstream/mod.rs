@@ -168,7 +168,7 @@ const CONNECT_TRIES: usize = 3;
 /// failed lately (up to [`CONNECT_TRIES`]). An address that fails is tried last by every
 /// worker for a while; when every address failed lately, one is tried, so that a request
 /// to an endpoint that is down altogether waits one `connect_timeout` per attempt, no more.
-async fn connect(timer: &Timer<'_>, b: &Block) -> Result<Transport, UpstreamError> {
+async fn connect(timer: &Timer<'_>, b: &Block, stats: &Stats) -> Result<Transport, UpstreamError> {
     let tls = b.tls.as_ref().map(|c| (c, b.server_name.as_str()));
     let mut last = UpstreamError::new(ErrorKind::Connect(io::Error::new(
         io::ErrorKind::AddrNotAvailable,
@@ -191,6 +191,9 @@ async fn connect(timer: &Timer<'_>, b: &Block) -> Result<Transport, UpstreamErro
             b.conf().name,
             addresses::FAIL_TIMEOUT.as_secs()
         );
+        stats
+            .connect_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         b.addresses.failed(addr, Tick::now());
     }
     Err(last)
@@ -615,7 +618,7 @@ impl Upstream {
                 Err(_) => {}
             }
         }
-        let t = match connect(timer, b).await {
+        let t = match connect(timer, b, &self.stats).await {
             Ok(t) => t,
             Err(e) => return (Err(e), buf),
         };
