@@ -48,6 +48,43 @@ fn connections(relay: &Relay) -> usize {
         .count()
 }
 
+/// One s3s-fs holding a package, a relay to it on 127.0.0.1 and one on 127.0.0.2 at the
+/// same port, and a hosts file that points `NAME` at `ips`. Move out the fields a test
+/// uses; the rest (the hosts file's directory, s3s-fs) live on in the binding.
+struct Site {
+    pkg: Package,
+    a: Relay,
+    b: Relay,
+    port: u16,
+    hosts: PathBuf,
+    _dir: TempDir,
+    _s3: S3,
+}
+
+fn site(package: &str, seed: u64, ips: &[&str]) -> Site {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        package,
+        bytes(100_000 + seed as usize * 1000, seed),
+        vec![("a", bytes(500 + seed as usize, seed + 1))],
+    );
+    let a = relay_on([127, 0, 0, 1], 0, &s3);
+    let port = a.addr.port();
+    let b = relay_on([127, 0, 0, 2], port, &s3);
+    let dir = TempDir::new("hosts");
+    let hosts = hosts_file(&dir, ips);
+    Site {
+        pkg,
+        a,
+        b,
+        port,
+        hosts,
+        _dir: dir,
+        _s3: s3,
+    }
+}
+
 fn tailgate(s3_extra: &str, port: u16, hosts: &Path) -> Tailgate {
     let endpoint = format!("http://{NAME}:{port}");
     Tailgate::start_with_hosts(&conf(&endpoint, SK, "", s3_extra), hosts)
@@ -85,19 +122,9 @@ fn dark(addr: SocketAddr) -> Dark {
 
 #[test]
 fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
-    let s3 = S3::start();
-    let pkg = upload_package(
-        &s3,
-        "spread",
-        bytes(200_000, 71),
-        vec![("a", bytes(900, 72))],
-    );
-    let a = relay_on([127, 0, 0, 1], 0, &s3);
-    let port = a.addr.port();
-    let b = relay_on([127, 0, 0, 2], port, &s3);
     // Nothing listens on 127.0.0.3: connecting there is refused at once.
-    let dir = TempDir::new("hosts");
-    let hosts = hosts_file(&dir, &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let site = site("spread", 71, &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let (pkg, a, b, port, hosts) = (site.pkg, site.a, site.b, site.port, site.hosts);
     // No pool and no retries: every segment needs a new connection, and a refused address
     // must cost the request nothing.
     let tg = tailgate("keepalive 0;\n  retries 0;", port, &hosts);
@@ -189,18 +216,8 @@ fn an_endpoint_dark_altogether_costs_one_connect_timeout_per_attempt() {
 
 #[test]
 fn a_name_that_moves_is_followed_without_a_reload() {
-    let s3 = S3::start();
-    let pkg = upload_package(
-        &s3,
-        "moves",
-        bytes(120_000, 75),
-        vec![("a", bytes(600, 76))],
-    );
-    let a = relay_on([127, 0, 0, 1], 0, &s3);
-    let port = a.addr.port();
-    let b = relay_on([127, 0, 0, 2], port, &s3);
-    let dir = TempDir::new("hosts");
-    let hosts = hosts_file(&dir, &["127.0.0.1"]);
+    let site = site("moves", 75, &["127.0.0.1"]);
+    let (pkg, a, b, port, hosts) = (site.pkg, site.a, site.b, site.port, site.hosts);
     let tg = tailgate("resolve_interval 1s;", port, &hosts);
     let full = pkg.full("a");
     let r = tg.get("/apk/moves/a.apk", &[]);
@@ -224,8 +241,14 @@ fn a_name_that_moves_is_followed_without_a_reload() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = connections(&a);
-    let r = tg.get("/apk/moves/a.apk", &[("Range", "bytes=119990-120099")]);
-    assert_eq!((r.status, r.body == full[119_990..120_100]), (206, true));
+    // Across the head and the tail: both segments on new connections.
+    let edge = pkg.head.len();
+    let range = format!("bytes={}-{}", edge - 10, edge + 99);
+    let r = tg.get("/apk/moves/a.apk", &[("Range", &range)]);
+    assert_eq!(
+        (r.status, r.body == full[edge - 10..edge + 100]),
+        (206, true)
+    );
     assert!(connections(&b) >= 1);
     assert_eq!(
         connections(&a),
@@ -247,18 +270,8 @@ fn a_name_that_moves_is_followed_without_a_reload() {
 
 #[test]
 fn resolve_interval_off_keeps_the_addresses_of_the_load() {
-    let s3 = S3::start();
-    let pkg = upload_package(
-        &s3,
-        "pinned",
-        bytes(90_000, 77),
-        vec![("a", bytes(500, 78))],
-    );
-    let a = relay_on([127, 0, 0, 1], 0, &s3);
-    let port = a.addr.port();
-    let b = relay_on([127, 0, 0, 2], port, &s3);
-    let dir = TempDir::new("hosts");
-    let hosts = hosts_file(&dir, &["127.0.0.1"]);
+    let site = site("pinned", 77, &["127.0.0.1"]);
+    let (pkg, b, port, hosts) = (site.pkg, site.b, site.port, site.hosts);
     let tg = tailgate("resolve_interval off;\n  keepalive 0;", port, &hosts);
     point_name(&hosts, &["127.0.0.2"]);
     std::thread::sleep(Duration::from_millis(2500));
