@@ -90,6 +90,23 @@ fn tailgate(s3_extra: &str, port: u16, hosts: &Path) -> Tailgate {
     Tailgate::start_with_hosts(&conf(&endpoint, SK, "", s3_extra), hosts)
 }
 
+/// `times` downloads of `path`, each 200 with exactly `full`.
+fn download(tg: &Tailgate, path: &str, full: &[u8], times: usize) {
+    for _ in 0..times {
+        let r = tg.get(path, &[]);
+        assert_eq!(r.status, 200, "{}", tg.log());
+        assert!(r.body == full, "body differs");
+    }
+}
+
+/// The one failed address of the run was logged and counted once: the operator hears of
+/// it, and not once per connection.
+fn failed_once(tg: &Tailgate, line: &str) {
+    let lines = tg.log().lines().filter(|l| l.contains(line)).count();
+    assert_eq!(lines, 1, "{}", tg.log());
+    assert_eq!(tg.metric("tailgate_upstream_connect_failures_total "), 1);
+}
+
 fn wait_for_log(tg: &Tailgate, text: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while !tg.log().contains(text) {
@@ -129,11 +146,7 @@ fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
     // must cost the request nothing.
     let tg = tailgate("keepalive 0;\n  retries 0;", port, &hosts);
     let full = pkg.full("a");
-    for _ in 0..9 {
-        let r = tg.get("/apk/spread/a.apk", &[]);
-        assert_eq!(r.status, 200, "{}", tg.log());
-        assert!(r.body == full, "body differs");
-    }
+    download(&tg, "/apk/spread/a.apk", &full, 9);
     let (on_a, on_b) = (connections(&a), connections(&b));
     // About half each (one manifest and two segments per download, the first download also
     // the object's metadata); strict alternation is not promised with two workers.
@@ -142,10 +155,10 @@ fn new_connections_spread_over_the_addresses_and_pass_over_one_that_refuses() {
         on_a >= (on_a + on_b) / 4 && on_b >= (on_a + on_b) / 4,
         "a {on_a}, b {on_b}"
     );
-    let refused = format!("connect to 127.0.0.3:{port}: connect: Connection refused");
-    let lines = tg.log().lines().filter(|l| l.contains(&refused)).count();
-    assert_eq!(lines, 1, "{}", tg.log());
-    assert_eq!(tg.metric("tailgate_upstream_connect_failures_total "), 1);
+    failed_once(
+        &tg,
+        &format!("connect to 127.0.0.3:{port}: connect: Connection refused"),
+    );
 }
 
 #[test]
@@ -164,22 +177,14 @@ fn an_address_that_never_answers_costs_one_connect_timeout_then_goes_last() {
     );
     let full = pkg.full("a");
     let started = Instant::now();
-    for _ in 0..6 {
-        let r = tg.get("/apk/dead/a.apk", &[]);
-        assert_eq!(r.status, 200, "{}", tg.log());
-        assert!(r.body == full, "body differs");
-    }
+    download(&tg, "/apk/dead/a.apk", &full, 6);
     // Each download opens two or three connections. Were the dark address tried in its
     // turn, every other connection would wait out the 1 s connect_timeout (6 s and more);
     // after its first timeout it goes last for 10 s, so the others never wait.
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     assert!(connections(&a) >= 12, "{}", connections(&a));
-    // The operator hears of it once, not once per connection.
-    let warned = format!("connect to 127.0.0.2:{port}: timed out");
-    let lines = tg.log().lines().filter(|l| l.contains(&warned)).count();
-    assert_eq!(lines, 1, "{}", tg.log());
-    assert_eq!(tg.metric("tailgate_upstream_connect_failures_total "), 1);
+    failed_once(&tg, &format!("connect to 127.0.0.2:{port}: timed out"));
 }
 
 #[test]
