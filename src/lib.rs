@@ -11,5 +11,6 @@ pub mod pack;
 pub mod relay;
 pub mod route;
 pub mod server;
+pub mod sock;
 pub mod timer;
 pub mod upstream;

@@ -11,6 +11,7 @@
 pub mod splice;
 
 use std::cell::{Cell, RefCell};
+use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::metrics::Segment as Kind;
 use crate::object::composite::{Composite, Segment};
 use crate::object::plan::Fetch;
 use crate::object::tail_cache::TailCache;
+use crate::sock;
 use crate::timer::Timer;
 use crate::upstream::{ErrorKind, SegmentBody, Upstream, UpstreamError};
 use splice::{Failure, Link, Pipes, Progress, Timeouts, UpstreamFailure};
@@ -464,7 +466,7 @@ impl Relay<'_> {
             }
             stats.first_write.get_or_insert_with(Instant::now);
         }
-        let Ok(link) = Link::new(src, splice::socket_fd(self.client)) else {
+        let Ok(link) = Link::new(src, sock::socket_fd(self.client)) else {
             Pipes::give(pipes, pipe);
             return None;
         };
@@ -638,6 +640,21 @@ impl Relay<'_> {
     async fn write_pair(&self, first: Vec<u8>, body: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
         let first_len = first.len();
         let cap = body.capacity();
+        let now = [io::IoSlice::new(&first), io::IoSlice::new(&body)];
+        match sock::send_now(self.client, &now) {
+            Ok(n) if n >= first_len => return self.write(body, n - first_len).await,
+            Ok(0) => {}
+            Ok(n) => {
+                if self.write(first, n).await.0.is_err() {
+                    return (Err(()), body);
+                }
+                return self.write(body, 0).await;
+            }
+            Err(_) => {
+                let _ = self.client.shutdown(Shutdown::Both);
+                return (Err(()), body);
+            }
+        }
         let writev = self.client.writev(vec![first, body]);
         let (n, mut bufs) = match self.timer.within(self.send_timeout, writev).await {
             Ok((Ok(n), bufs)) if n > 0 => (n, bufs),
@@ -671,6 +688,15 @@ impl Relay<'_> {
         let len = data.len();
         let mut off = off;
         let mut data = data;
+        if off < len {
+            match sock::send_now(self.client, &[io::IoSlice::new(&data[off..len])]) {
+                Ok(n) => off += n,
+                Err(_) => {
+                    let _ = self.client.shutdown(Shutdown::Both);
+                    return (Err(()), data);
+                }
+            }
+        }
         while off < len {
             let write = self.client.write(data.slice(off..len)).submit();
             match self.timer.within(self.send_timeout, write).await {

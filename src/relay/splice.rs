@@ -12,14 +12,13 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::pipe::SpliceFlags;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio_uring::net::TcpStream;
 
 /// Bodies shorter than this are relayed through the buffer: one read and one write cost
 /// less than setting up a splice.
@@ -147,14 +146,6 @@ impl Drop for Ready<'_> {
     fn drop(&mut self) {
         let _ = rustix::io::ioctl_fionbio(self.sock, false);
     }
-}
-
-/// The descriptor of a tokio-uring socket (which implements only `AsRawFd`).
-#[allow(unsafe_code)]
-pub fn socket_fd(sock: &TcpStream) -> BorrowedFd<'_> {
-    // SAFETY: `sock` owns its descriptor and closes it only when dropped, which the borrow
-    // of `sock` rules out for the returned lifetime.
-    unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
 }
 
 #[allow(unsafe_code)]

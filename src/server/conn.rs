@@ -4,6 +4,7 @@
 //! operation abandoned on a timeout finds it dead.
 
 use std::cell::Cell;
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -26,6 +27,7 @@ use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
 use crate::relay::{End, Piece, Relay, Stats as RelayStats};
 use crate::route::{self, Route, RouteError};
+use crate::sock;
 use crate::timer::{Tick, Timer};
 use crate::upstream::{ErrorKind, UpstreamError};
 
@@ -864,9 +866,17 @@ async fn linger_close(client: Client<'_>) {
 }
 
 async fn write_all(client: Client<'_>, bytes: Vec<u8>, timeout: Duration) -> bool {
+    let Ok(sent) = sock::send_now(client.stream, &[io::IoSlice::new(&bytes)]) else {
+        let _ = client.stream.shutdown(Shutdown::Both);
+        return false;
+    };
+    if sent == bytes.len() {
+        return true;
+    }
+    let rest = bytes.slice(sent..);
     match client
         .timer
-        .within(timeout, client.stream.write_all(bytes))
+        .within(timeout, client.stream.write_all(rest))
         .await
     {
         Ok((Ok(()), _)) => true,

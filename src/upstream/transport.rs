@@ -76,7 +76,17 @@ impl Transport {
     /// a copy.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
-            Transport::Plain(s) => s.write_all(buf).await,
+            Transport::Plain(s) => {
+                let sent = match crate::sock::send_now(s, &[io::IoSlice::new(&buf)]) {
+                    Ok(n) => n,
+                    Err(e) => return (Err(e), buf),
+                };
+                if sent == buf.len() {
+                    return (Ok(()), buf);
+                }
+                let (res, slice) = s.write_all(buf.slice(sent..)).await;
+                (res, slice.into_inner())
+            }
             Transport::Tls(t) => {
                 let res = t.write_all(&buf).await;
                 (res, buf)
@@ -92,7 +102,7 @@ impl Transport {
     /// The socket of a plain connection; `None` for TLS, whose bytes need decrypting.
     pub fn plain_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Transport::Plain(s) => Some(crate::relay::splice::socket_fd(s)),
+            Transport::Plain(s) => Some(crate::sock::socket_fd(s)),
             Transport::Tls(_) => None,
         }
     }
@@ -103,7 +113,7 @@ impl Transport {
 
     /// The address this connection was made to.
     pub fn peer(&self) -> io::Result<SocketAddr> {
-        socket2::SockRef::from(&crate::relay::splice::socket_fd(self.stream()))
+        socket2::SockRef::from(&crate::sock::socket_fd(self.stream()))
             .peer_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("not an IP socket"))

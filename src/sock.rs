@@ -1,0 +1,109 @@
+//! Socket calls made directly on a tokio-uring socket, beside the ring.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use tokio_uring::net::TcpStream;
+
+/// The descriptor of a tokio-uring socket (which implements only `AsRawFd`).
+#[allow(unsafe_code)]
+pub fn socket_fd(sock: &TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: `sock` owns its descriptor and closes it only when dropped, which the borrow
+    // of `sock` rules out for the returned lifetime.
+    unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
+}
+
+/// Writes longer than this go to the ring.
+const SEND_NOW_MAX: usize = 16 * 1024;
+
+/// Sends what the socket takes at once, without waiting and without the ring: `Ok(0)`
+/// when it has no room. A small write to a socket with room then costs one system call,
+/// where the ring would cost a submission, a completion and an event-loop turn.
+pub fn send_now(sock: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    if bufs.iter().map(|b| b.len()).sum::<usize>() > SEND_NOW_MAX {
+        return Ok(0);
+    }
+    let fd = socket_fd(sock);
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let res = match bufs {
+        [one] => socket2::SockRef::from(&fd).send_with_flags(one, flags),
+        _ => socket2::SockRef::from(&fd).send_vectored_with_flags(bufs, flags),
+    };
+    match res {
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        (TcpStream::from_std(ours), theirs)
+    }
+
+    #[test]
+    fn sends_small_writes_at_once_and_leaves_the_rest_to_the_ring() {
+        tokio_uring::start(async {
+            let (ours, mut theirs) = pair();
+            let (a, b) = (b"GET / HTTP/1.1\r\n".to_vec(), b"\r\n".to_vec());
+            let both = [io::IoSlice::new(&a), io::IoSlice::new(&b)];
+            assert_eq!(send_now(&ours, &both).unwrap(), a.len() + b.len());
+            let mut got = vec![0; a.len() + b.len()];
+            theirs.read_exact(&mut got).unwrap();
+            assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+
+            let long = vec![7u8; SEND_NOW_MAX + 1];
+            assert_eq!(send_now(&ours, &[io::IoSlice::new(&long)]).unwrap(), 0);
+
+            // A peer that reads nothing fills the socket: then nothing is sent, no error.
+            let chunk = vec![1u8; SEND_NOW_MAX];
+            let mut total = 0usize;
+            loop {
+                let n = send_now(&ours, &[io::IoSlice::new(&chunk)]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                assert!(total < 1 << 30, "a socket buffer is not a gigabyte");
+            }
+            assert!(total > 0);
+        });
+    }
+
+    #[test]
+    fn a_closed_peer_is_an_error_not_a_signal() {
+        tokio_uring::start(async {
+            let (ours, theirs) = pair();
+            drop(theirs);
+            let byte = [io::IoSlice::new(b"x")];
+            // The first send may still be taken (the reset arrives in answer to it).
+            let mut failed = false;
+            for _ in 0..100 {
+                if send_now(&ours, &byte).is_err() {
+                    failed = true;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            assert!(
+                failed,
+                "sending to a closed peer fails with EPIPE or ECONNRESET"
+            );
+        });
+    }
+}
