@@ -330,6 +330,47 @@ fn keep_alive_and_pipelining() {
     assert_eq!(c.response(false).unwrap().body, pkg.full("huawei")[1..2]);
 }
 
+/// Small answers go out with a plain `send` until the client's socket is full, and the rest
+/// of an answer then through the ring: a client that lags behind a long pipelined batch
+/// gets every answer whole and in order.
+#[test]
+fn pipelined_small_answers_to_a_lagging_reader_arrive_whole_and_in_order() {
+    let (s3, _tg, pkg) = setup();
+    // Ranges in a cached tail: answers as fast as tailgate can write them.
+    let tg = Tailgate::start(&conf(&s3.endpoint(), SK, "tail_cache_size 1m;", ""));
+    let full = pkg.full("xiaomi");
+    let mut c = tg.client();
+    // Under keepalive_requests (1000); up to 12,000 bytes each, under send_now's bound.
+    let specs: Vec<(usize, usize)> = (0..900)
+        .map(|i| {
+            let a = HEAD_LEN + (i * 7919) % 50_000;
+            (a, a + (i * 37) % 12_000)
+        })
+        .collect();
+    let mut raw = Vec::new();
+    for (a, b) in &specs {
+        let range = format!("bytes={a}-{b}");
+        raw.extend(request(
+            "GET",
+            "/apk/apps/foo/1.2.3/xiaomi.apk",
+            &[("Range", &range)],
+        ));
+    }
+    // Written from a thread: tailgate stops reading requests while it cannot answer them.
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &raw));
+    #[allow(clippy::disallowed_methods)] // a test thread, not a worker
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for (i, (a, b)) in specs.iter().enumerate() {
+        let r = c
+            .response(false)
+            .unwrap_or_else(|| panic!("answer {i} missing"));
+        assert_eq!(r.status, 206, "answer {i}");
+        assert!(r.body == full[*a..=*b], "answer {i}: bytes {a}-{b} differ");
+    }
+    sender.join().unwrap().unwrap();
+}
+
 #[test]
 fn plain_objects_are_served_as_one_segment() {
     let s3 = S3::start();
