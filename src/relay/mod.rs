@@ -634,42 +634,38 @@ impl Relay<'_> {
         (Ok(n), buf)
     }
 
-    /// Writes `first` (our own bytes) and then all of `body` with one `writev` where the
-    /// socket takes both, so a response head and its first body bytes leave in one operation
-    /// (and, for a small response, one TCP segment). Returns `body`'s buffer.
+    /// Writes `first` (our own bytes) and then all of `body` with one `sendmsg` (short pairs,
+    /// see `sock::send_now`) or ring `writev` where the socket takes both, so a response head
+    /// and its first body bytes leave in one operation (and, for a small response, one TCP
+    /// segment). Returns `body`'s buffer.
     async fn write_pair(&self, first: Vec<u8>, body: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
         let first_len = first.len();
         let cap = body.capacity();
         let now = [io::IoSlice::new(&first), io::IoSlice::new(&body)];
-        match sock::send_now(self.client, &now) {
-            Ok(n) if n >= first_len => return self.write(body, n - first_len).await,
-            Ok(0) => {}
-            Ok(n) => {
-                if self.write(first, n).await.0.is_err() {
-                    return (Err(()), body);
+        let Ok(sent) = sock::send_now(self.client, &now) else {
+            let _ = self.client.shutdown(Shutdown::Both);
+            return (Err(()), body);
+        };
+        let (n, first, body) = if sent > 0 {
+            (sent, first, body)
+        } else {
+            let writev = self.client.writev(vec![first, body]);
+            let (n, mut bufs) = match self.timer.within(self.send_timeout, writev).await {
+                Ok((Ok(n), bufs)) if n > 0 => (n, bufs),
+                Ok((_, mut bufs)) => {
+                    let _ = self.client.shutdown(Shutdown::Both);
+                    return (Err(()), bufs.pop().unwrap_or_default());
                 }
-                return self.write(body, 0).await;
-            }
-            Err(_) => {
-                let _ = self.client.shutdown(Shutdown::Both);
-                return (Err(()), body);
-            }
-        }
-        let writev = self.client.writev(vec![first, body]);
-        let (n, mut bufs) = match self.timer.within(self.send_timeout, writev).await {
-            Ok((Ok(n), bufs)) if n > 0 => (n, bufs),
-            Ok((_, mut bufs)) => {
-                let _ = self.client.shutdown(Shutdown::Both);
-                return (Err(()), bufs.pop().unwrap_or_default());
-            }
-            Err(_) => {
+                Err(_) => {
+                    let _ = self.client.shutdown(Shutdown::Both);
+                    return (Err(()), Vec::with_capacity(cap));
+                }
+            };
+            let (Some(body), Some(first)) = (bufs.pop(), bufs.pop()) else {
                 let _ = self.client.shutdown(Shutdown::Both);
                 return (Err(()), Vec::with_capacity(cap));
-            }
-        };
-        let (Some(body), Some(first)) = (bufs.pop(), bufs.pop()) else {
-            let _ = self.client.shutdown(Shutdown::Both);
-            return (Err(()), Vec::with_capacity(cap));
+            };
+            (n, first, body)
         };
         if n >= first_len {
             return self.write(body, n - first_len).await;
