@@ -15,6 +15,9 @@ use tokio_uring::net::TcpStream;
 /// TLS ciphertext read size: one maximal record plus its header.
 const TLS_READ: usize = 16 * 1024 + 5;
 
+/// The most plaintext one TLS record carries.
+const MAX_PLAINTEXT: usize = 16 * 1024;
+
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<Tls>),
@@ -26,6 +29,8 @@ pub struct Tls {
     /// Ciphertext read from the socket; `[pos, len)` is not yet fed to rustls.
     inbuf: Vec<u8>,
     pos: usize,
+    /// A failure met after some plaintext was returned: the next read reports it.
+    failed: Option<io::Error>,
 }
 
 impl Transport {
@@ -47,6 +52,7 @@ impl Transport {
             conn,
             inbuf: Vec::with_capacity(TLS_READ),
             pos: 0,
+            failed: None,
         });
         if let Err(e) = tls.handshake().await {
             let _ = tls.sock.shutdown(Shutdown::Both);
@@ -169,6 +175,12 @@ impl Tls {
                 return Ok(false);
             }
         }
+        self.feed()?;
+        Ok(true)
+    }
+
+    /// Hands rustls as much buffered ciphertext as it takes, and decrypts it.
+    fn feed(&mut self) -> io::Result<()> {
         let mut pending = &self.inbuf[self.pos..];
         let before = pending.len();
         self.conn.read_tls(&mut pending)?;
@@ -176,33 +188,62 @@ impl Tls {
         self.conn
             .process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(true)
+        Ok(())
     }
 
-    /// Decrypted bytes into `buf[len..end]`.
+    /// Decrypted bytes into `buf[len..end]`: at least one, unless at end of stream, and as
+    /// many as the ciphertext already read holds, so that one socket read is one relay
+    /// write however many records it carried. A failure after some bytes is reported by
+    /// the next call, those bytes being good.
     async fn read(&mut self, mut buf: Vec<u8>, end: usize) -> (io::Result<usize>, Vec<u8>) {
+        if let Some(e) = self.failed.take() {
+            return (Err(e), buf);
+        }
+        let first = buf.len();
         loop {
             let start = buf.len();
-            buf.resize(end, 0);
+            // Zeroed only as far as one record's plaintext reaches: `end` may be a megabyte off.
+            buf.resize(end.min(start.saturating_add(MAX_PLAINTEXT)), 0);
             let got = self.conn.reader().read(&mut buf[start..]);
-            match got {
+            let res = match got {
                 Ok(n) => {
                     buf.truncate(start + n);
-                    return (Ok(n), buf);
+                    if n > 0 && buf.len() < end {
+                        continue;
+                    }
+                    return (Ok(buf.len() - first), buf);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf.truncate(start);
+                    if buf.len() == first {
+                        // Nothing yet: wait for the socket.
+                        match self.fill().await {
+                            Ok(true) => self.flush().await,
+                            Ok(false) => return (Ok(0), buf),
+                            Err(e) => Err(e),
+                        }
+                    } else if self.pos < self.inbuf.len() {
+                        // More records already read: decrypt them too.
+                        let at = self.pos;
+                        match self.feed() {
+                            Ok(()) if self.pos == at => return (Ok(buf.len() - first), buf),
+                            fed => fed,
+                        }
+                    } else {
+                        return (Ok(buf.len() - first), buf);
+                    }
+                }
                 Err(e) => {
                     buf.truncate(start);
+                    Err(e)
+                }
+            };
+            if let Err(e) = res {
+                if buf.len() == first {
                     return (Err(e), buf);
                 }
-            }
-            match self.fill().await {
-                Ok(true) => {}
-                Ok(false) => return (Ok(0), buf),
-                Err(e) => return (Err(e), buf),
-            }
-            if let Err(e) = self.flush().await {
-                return (Err(e), buf);
+                self.failed = Some(e);
+                return (Ok(buf.len() - first), buf);
             }
         }
     }
