@@ -12,8 +12,13 @@ use rustls::{ClientConfig, ClientConnection};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-/// TLS ciphertext read size: one maximal record plus its header.
-const TLS_READ: usize = 16 * 1024 + 5;
+/// TLS ciphertext read size: four maximal records, so that a body arriving faster than it
+/// is relayed costs a socket read per 64 KiB, not per record. Held by every upstream TLS
+/// connection, so bounded by `keepalive` like the connections themselves.
+const TLS_READ: usize = 64 * 1024;
+
+/// Room for one maximal record and its header, as first capacity of outgoing ciphertext.
+const TLS_RECORD: usize = 16 * 1024 + 5;
 
 /// The most plaintext one TLS record carries.
 const MAX_PLAINTEXT: usize = 16 * 1024;
@@ -154,7 +159,7 @@ impl Tls {
 
     async fn flush(&mut self) -> io::Result<()> {
         while self.conn.wants_write() {
-            let mut out = Vec::with_capacity(TLS_READ);
+            let mut out = Vec::with_capacity(TLS_RECORD);
             self.conn.write_tls(&mut out)?;
             let (res, _) = self.sock.write_all(out).await;
             res?;
