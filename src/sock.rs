@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 /// The descriptor of a tokio-uring socket (which implements only `AsRawFd`).
@@ -41,6 +42,20 @@ pub fn send_now(sock: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>
         }
         Err(e) => Err(e),
     }
+}
+
+/// Writes all of `buf`: what the socket takes at once by [`send_now`], the rest through the
+/// ring. Returns the buffer.
+pub async fn write_all(sock: &TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let sent = match send_now(sock, &[io::IoSlice::new(&buf)]) {
+        Ok(n) => n,
+        Err(e) => return (Err(e), buf),
+    };
+    if sent == buf.len() {
+        return (Ok(()), buf);
+    }
+    let (res, slice) = sock.write_all(buf.slice(sent..)).await;
+    (res, slice.into_inner())
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! operation abandoned on a timeout finds it dead.
 
 use std::cell::Cell;
-use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -866,17 +865,9 @@ async fn linger_close(client: Client<'_>) {
 }
 
 async fn write_all(client: Client<'_>, bytes: Vec<u8>, timeout: Duration) -> bool {
-    let Ok(sent) = sock::send_now(client.stream, &[io::IoSlice::new(&bytes)]) else {
-        let _ = client.stream.shutdown(Shutdown::Both);
-        return false;
-    };
-    if sent == bytes.len() {
-        return true;
-    }
-    let rest = bytes.slice(sent..);
     match client
         .timer
-        .within(timeout, client.stream.write_all(rest))
+        .within(timeout, sock::write_all(client.stream, bytes))
         .await
     {
         Ok((Ok(()), _)) => true,

@@ -87,17 +87,7 @@ impl Transport {
     /// a copy.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
-            Transport::Plain(s) => {
-                let sent = match crate::sock::send_now(s, &[io::IoSlice::new(&buf)]) {
-                    Ok(n) => n,
-                    Err(e) => return (Err(e), buf),
-                };
-                if sent == buf.len() {
-                    return (Ok(()), buf);
-                }
-                let (res, slice) = s.write_all(buf.slice(sent..)).await;
-                (res, slice.into_inner())
-            }
+            Transport::Plain(s) => crate::sock::write_all(s, buf).await,
             Transport::Tls(t) => {
                 let res = t.write_all(&buf).await;
                 (res, buf)
