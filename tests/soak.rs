@@ -398,7 +398,7 @@ fn soak(mode: &str, tls: bool, seed: u64, secs: u64) {
     let certs = TempDir::new("certs");
     let (relay, endpoint, s3_extra, _gateway) = if tls {
         make_certs(certs.path(), "gw");
-        let gw = tls_gateway(&s3, certs.path(), "TLSv1.3");
+        let gw = tls_gateway(&s3, certs.path(), "TLSv1.3", "");
         let relay = Relay::start(gw.addr);
         let endpoint = format!("https://{}", relay.addr);
         let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());

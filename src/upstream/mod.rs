@@ -5,6 +5,7 @@
 
 pub mod addresses;
 pub mod pool;
+pub mod record;
 pub mod response;
 pub mod s3;
 pub mod transport;

@@ -1,27 +1,37 @@
-//! One upstream connection: plain TCP or TLS (rustls driven by hand over owned buffers,
-//! since tokio-uring has no AsyncRead/AsyncWrite). Reads append into the spare capacity of
-//! the caller's buffer and hand it back, `(result, buf)` style; the plain path never copies.
+//! One upstream connection: plain TCP or TLS. tokio-uring has no AsyncRead/AsyncWrite, so
+//! TLS is driven by hand: rustls's unbuffered API through the handshake, then the record
+//! layer of [`super::record`], which opens records in the caller's own buffer. Reads append
+//! into the spare capacity of the caller's buffer and hand it back, `(result, buf)` style;
+//! neither path copies a body byte in user space.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::ClientConfig;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-/// TLS ciphertext read size: four maximal records, so that a body arriving faster than it
-/// is relayed costs a socket read per 64 KiB, not per record. Held by every upstream TLS
-/// connection, so bounded by `keepalive` like the connections themselves.
+use super::record::{self, Opened, Session};
+
+/// First capacity for the handshake's incoming flights; they may grow to
+/// [`MAX_HANDSHAKE_BUFFER`], as rustls joins a long certificate chain in place.
 const TLS_READ: usize = 64 * 1024;
+const MAX_HANDSHAKE_BUFFER: usize = 4 * TLS_READ;
 
 /// Room for one maximal record and its header, as first capacity of outgoing ciphertext.
 const TLS_RECORD: usize = 16 * 1024 + 5;
 
-/// The most plaintext one TLS record carries.
-const MAX_PLAINTEXT: usize = 16 * 1024;
+/// The least spare room in which records are opened in place; with less, they are opened
+/// in the connection's own buffer and copied out.
+const ROOM_IN_PLACE: usize = 2 * record::MAX_RECORD;
 
 pub enum Transport {
     Plain(TcpStream),
@@ -30,10 +40,15 @@ pub enum Transport {
 
 pub struct Tls {
     sock: TcpStream,
-    conn: ClientConnection,
-    /// Ciphertext read from the socket; `[pos, len)` is not yet fed to rustls.
-    inbuf: Vec<u8>,
-    pos: usize,
+    session: Session<KernelConnection<ClientConnectionData>>,
+    /// Ciphertext not opened yet: the start of a record, or records the last caller had no
+    /// room for.
+    carry: Vec<u8>,
+    /// Plaintext opened but not taken yet, from `plain_pos`.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// The peer's close_notify arrived: reads find the end of the stream.
+    closed: bool,
     /// A failure met after some plaintext was returned: the next read reports it.
     failed: Option<io::Error>,
 }
@@ -51,19 +66,21 @@ impl Transport {
         };
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
-        let mut tls = Box::new(Tls {
-            sock,
-            conn,
-            inbuf: Vec::with_capacity(TLS_READ),
-            pos: 0,
-            failed: None,
-        });
-        if let Err(e) = tls.handshake().await {
-            let _ = tls.sock.shutdown(Shutdown::Both);
-            return Err(e);
+        match Tls::handshake(&sock, config, name).await {
+            Ok((session, carry)) => Ok(Transport::Tls(Box::new(Tls {
+                sock,
+                session,
+                carry,
+                plain: Vec::new(),
+                plain_pos: 0,
+                closed: false,
+                failed: None,
+            }))),
+            Err(e) => {
+                let _ = sock.shutdown(Shutdown::Both);
+                Err(e)
+            }
         }
-        Ok(Transport::Tls(tls))
     }
 
     /// Reads at most `max` bytes into `buf[len..capacity]`; `Ok(0)` is end of stream (or no
@@ -83,8 +100,7 @@ impl Transport {
         }
     }
 
-    /// Writes a request head; `Bytes` so a retry on a fresh connection resends it without
-    /// a copy.
+    /// Writes a request head, handing the buffer back for the next one.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Transport::Plain(s) => crate::sock::write_all(s, buf).await,
@@ -131,62 +147,119 @@ impl Transport {
     pub fn has_buffered(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(t) => t.pos < t.inbuf.len(),
+            Transport::Tls(t) => !t.carry.is_empty() || t.plain_pos < t.plain.len(),
+        }
+    }
+}
+
+/// What the handshake does after rustls looked at the bytes so far.
+enum Step {
+    Again,
+    Transmit,
+    Receive,
+    Done,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Appends the handshake record rustls has ready to `out`.
+fn encode(data: &mut EncodeTlsData<'_, ClientConnectionData>, out: &mut Vec<u8>) -> io::Result<()> {
+    let at = out.len();
+    let mut room = TLS_RECORD;
+    loop {
+        out.resize(at + room, 0);
+        match data.encode(&mut out[at..]) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                room = required_size;
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
         }
     }
 }
 
 impl Tls {
-    async fn handshake(&mut self) -> io::Result<()> {
-        while self.conn.is_handshaking() {
-            self.flush().await?;
-            if self.conn.is_handshaking() && self.conn.wants_read() {
-                self.fill().await?;
+    /// Drives rustls through the handshake, then takes the traffic keys from it. Returns
+    /// the session and the ciphertext that came after the handshake's last record.
+    async fn handshake(
+        sock: &TcpStream,
+        config: &Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<(Session<KernelConnection<ClientConnectionData>>, Vec<u8>)> {
+        let mut conn =
+            UnbufferedClientConnection::new(Arc::clone(config), name).map_err(tls_error)?;
+        let mut incoming: Vec<u8> = Vec::with_capacity(TLS_READ);
+        let mut outgoing: Vec<u8> = Vec::with_capacity(TLS_RECORD);
+        loop {
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming);
+            let step = match state.map_err(tls_error)? {
+                ConnectionState::EncodeTlsData(mut data) => {
+                    encode(&mut data, &mut outgoing)?;
+                    Step::Again
+                }
+                ConnectionState::TransmitTlsData(data) => {
+                    // Marked sent before it is: nothing reads the connection in between.
+                    data.done();
+                    Step::Transmit
+                }
+                ConnectionState::BlockedHandshake => Step::Receive,
+                ConnectionState::WriteTraffic(_) => Step::Done,
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS: closed during the handshake",
+                    ))
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("TLS: unexpected {other:?} during the handshake"),
+                    ))
+                }
+            };
+            incoming.drain(..discard);
+            match step {
+                Step::Again => {}
+                Step::Transmit => {
+                    let (res, back) = crate::sock::write_all(sock, outgoing).await;
+                    outgoing = back;
+                    outgoing.clear();
+                    res?;
+                }
+                Step::Receive => {
+                    if incoming.len() == incoming.capacity() {
+                        if incoming.capacity() >= MAX_HANDSHAKE_BUFFER {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "TLS: handshake flight too long",
+                            ));
+                        }
+                        incoming.reserve(incoming.capacity());
+                    }
+                    let at = incoming.len();
+                    let cap = incoming.capacity();
+                    let (res, back) = sock.read(incoming.slice(at..cap)).await;
+                    incoming = back.into_inner();
+                    if res? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "TLS: closed during the handshake",
+                        ));
+                    }
+                }
+                Step::Done => break,
             }
         }
-        self.flush().await
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        Ok((Session::from_rustls(secrets, kernel)?, incoming))
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            let mut out = Vec::with_capacity(TLS_RECORD);
-            self.conn.write_tls(&mut out)?;
-            let (res, _) = self.sock.write_all(out).await;
-            res?;
-        }
-        Ok(())
-    }
-
-    /// Feeds buffered ciphertext to rustls, reading the socket only when none is left.
-    /// `Ok(false)` at end of stream.
-    async fn fill(&mut self) -> io::Result<bool> {
-        if self.pos >= self.inbuf.len() {
-            let mut inbuf = std::mem::take(&mut self.inbuf);
-            inbuf.clear();
-            let (res, back) = self.sock.read(inbuf).await;
-            self.inbuf = back;
-            self.pos = 0;
-            if res? == 0 {
-                return Ok(false);
-            }
-        }
-        self.feed()?;
-        Ok(true)
-    }
-
-    /// Hands rustls as much buffered ciphertext as it takes, and decrypts it.
-    fn feed(&mut self) -> io::Result<()> {
-        let mut pending = &self.inbuf[self.pos..];
-        let before = pending.len();
-        self.conn.read_tls(&mut pending)?;
-        self.pos += before - pending.len();
-        self.conn
-            .process_new_packets()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(())
-    }
-
-    /// Decrypted bytes into `buf[len..end]`: at least one, unless at end of stream, and as
+    /// Plaintext into `buf[len..end]`: at least one byte, unless at end of stream, and as
     /// many as the ciphertext already read holds, so that one socket read is one relay
     /// write however many records it carried. A failure after some bytes is reported by
     /// the next call, those bytes being good.
@@ -194,58 +267,141 @@ impl Tls {
         if let Some(e) = self.failed.take() {
             return (Err(e), buf);
         }
+        if self.plain_pos < self.plain.len() {
+            let n = self.take_plain(&mut buf, end);
+            return (Ok(n), buf);
+        }
+        if self.closed {
+            return (Ok(0), buf);
+        }
         let first = buf.len();
+        if buf.capacity() - first >= ROOM_IN_PLACE {
+            let (res, mut buf) = self.fill(buf, first, end).await;
+            // The last record may have reached past `end`: its rest waits in `plain`.
+            if buf.len() > end {
+                self.plain.clear();
+                self.plain.extend_from_slice(&buf[end..]);
+                self.plain_pos = 0;
+                buf.truncate(end);
+            }
+            return (res.map(|_| buf.len() - first), buf);
+        }
+        // Too little room to open a record in place: open into `plain` and copy out.
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        plain.reserve(ROOM_IN_PLACE);
+        let cap = plain.capacity();
+        let (res, plain) = self.fill(plain, 0, cap).await;
+        self.plain = plain;
+        self.plain_pos = 0;
+        match res {
+            Ok(0) => (Ok(0), buf),
+            Ok(_) => {
+                let n = self.take_plain(&mut buf, end);
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Moves opened plaintext into `buf`, up to `end`.
+    fn take_plain(&mut self, buf: &mut Vec<u8>, end: usize) -> usize {
+        let n = end
+            .saturating_sub(buf.len())
+            .min(self.plain.len() - self.plain_pos);
+        buf.extend_from_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+        self.plain_pos += n;
+        n
+    }
+
+    /// Reads ciphertext into `buf[first..]` behind what was carried over and opens it in
+    /// place, until some plaintext is there (it may reach past `end` by the rest of one
+    /// record); what was not opened is carried to the next call. Needs room for two
+    /// records in `buf`.
+    async fn fill(
+        &mut self,
+        mut buf: Vec<u8>,
+        first: usize,
+        end: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        buf.extend_from_slice(&self.carry);
+        self.carry.clear();
         loop {
-            let start = buf.len();
-            // Zeroed only as far as one record's plaintext reaches: `end` may be a megabyte off.
-            buf.resize(end.min(start.saturating_add(MAX_PLAINTEXT)), 0);
-            let got = self.conn.reader().read(&mut buf[start..]);
-            let res = match got {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    if n > 0 && buf.len() < end {
-                        continue;
-                    }
-                    return (Ok(buf.len() - first), buf);
+            let mut w = first;
+            let mut r = first;
+            while w < end {
+                let len = match record::record_len(&buf[r..]) {
+                    Ok(Some(len)) if r + len <= buf.len() => len,
+                    Ok(_) => break,
+                    Err(e) => return self.fail(e, buf, first, w),
+                };
+                match self.session.open(&mut buf, w, r) {
+                    Ok(Opened::Data(n)) => w += n,
+                    Ok(Opened::Control) => {}
+                    Ok(Opened::Closed) => self.closed = true,
+                    Err(e) => return self.fail(e, buf, first, w),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf.truncate(start);
-                    if buf.len() == first {
-                        // Nothing yet: wait for the socket.
-                        match self.fill().await {
-                            Ok(true) => self.flush().await,
-                            Ok(false) => return (Ok(0), buf),
-                            Err(e) => Err(e),
-                        }
-                    } else if self.pos < self.inbuf.len() {
-                        // More records already read: decrypt them too.
-                        let at = self.pos;
-                        match self.feed() {
-                            Ok(()) if self.pos == at => return (Ok(buf.len() - first), buf),
-                            fed => fed,
-                        }
-                    } else {
-                        return (Ok(buf.len() - first), buf);
-                    }
+                r += len;
+                if self.closed {
+                    break;
                 }
-                Err(e) => {
-                    buf.truncate(start);
-                    Err(e)
+            }
+            if w > first || self.closed {
+                if !self.closed {
+                    self.carry.extend_from_slice(&buf[r..]);
                 }
-            };
-            if let Err(e) = res {
-                if buf.len() == first {
+                buf.truncate(w);
+                return (Ok(w - first), buf);
+            }
+            // Nothing for the caller yet: keep the start of the next record and read on.
+            let len = buf.len();
+            buf.copy_within(r..len, first);
+            buf.truncate(first + len - r);
+            let at = buf.len();
+            let read_end = buf.capacity().min(end.max(at + record::MAX_RECORD));
+            let (res, back) = self.sock.read(buf.slice(at..read_end)).await;
+            buf = back.into_inner();
+            match res {
+                Ok(0) if buf.len() > first => {
+                    buf.truncate(first);
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS: the stream ended inside a record",
+                    );
                     return (Err(e), buf);
                 }
-                self.failed = Some(e);
-                return (Ok(buf.len() - first), buf);
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => {
+                    buf.truncate(first);
+                    return (Err(e), buf);
+                }
             }
         }
     }
 
+    /// A failure: reported now when no plaintext came before it, else by the next read.
+    fn fail(
+        &mut self,
+        e: io::Error,
+        mut buf: Vec<u8>,
+        first: usize,
+        w: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        buf.truncate(w);
+        self.carry.clear();
+        if w == first {
+            return (Err(e), buf);
+        }
+        self.failed = Some(e);
+        (Ok(w - first), buf)
+    }
+
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.conn.writer().write_all(data)?;
-        self.flush().await
+        let mut out = Vec::with_capacity(data.len() + TLS_RECORD);
+        self.session.seal(data, &mut out)?;
+        let (res, _) = crate::sock::write_all(&self.sock, out).await;
+        res
     }
 }
 
@@ -270,10 +426,12 @@ pub fn client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConf
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // The record layer takes the traffic keys from rustls after the handshake.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }

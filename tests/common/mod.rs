@@ -742,13 +742,15 @@ pub fn make_certs(dir: &Path, name: &str) {
     );
 }
 
-pub fn tls_gateway(s3: &S3, dir: &Path, protocols: &str) -> Nginx {
+/// An nginx (OpenSSL) HTTPS front of `s3`, speaking `protocols`, plus any further `ssl_*`
+/// directives (e.g. to pin a cipher suite).
+pub fn tls_gateway(s3: &S3, dir: &Path, protocols: &str, extra: &str) -> Nginx {
     let d = dir.display();
     Nginx::start(
         &format!("upstream s3 {{ server {}; keepalive 8; }}", s3.addr),
         &format!(
             "  listen {{listen}} ssl;\n  ssl_certificate {d}/gw-leaf.pem;\n  ssl_certificate_key {d}/gw-leaf.key;\n  \
-             ssl_protocols {protocols};\n  location / {{\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   \
+             ssl_protocols {protocols};\n  {extra}\n  location / {{\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   \
              proxy_set_header Connection \"\";\n   proxy_set_header Host $http_host;\n  }}"
         ),
     )
