@@ -372,7 +372,8 @@ impl<K: Keys> Session<K> {
         Ok(())
     }
 
-    fn seal_record(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    /// Appends one record of content type `typ` (at most [`MAX_PLAINTEXT`] bytes).
+    pub fn seal_record(&mut self, typ: u8, payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let nonce = self.tx.nonce();
         match self.version {
             Version::Tls13 => {

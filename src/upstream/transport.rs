@@ -435,3 +435,280 @@ pub fn client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConf
     config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::{ServerConfig, ServerConnection, SupportedProtocolVersion};
+
+    /// A CA and a `localhost` leaf signed by it, made by openssl in a fresh directory.
+    fn certs(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tailgate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key -out leaf.csr -subj /CN=localhost
+            printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf
+            openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile ext.cnf";
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    }
+
+    fn server_config(
+        dir: &std::path::Path,
+        version: &'static SupportedProtocolVersion,
+    ) -> Arc<ServerConfig> {
+        let chain: Vec<_> = CertificateDer::pem_file_iter(dir.join("leaf.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+
+    /// The client's bytes as the server read them: its records can be counted.
+    struct Tap {
+        sock: std::net::TcpStream,
+        seen: Vec<u8>,
+    }
+
+    impl Read for Tap {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.sock.read(buf)?;
+            self.seen.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    impl Write for Tap {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sock.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.sock.flush()
+        }
+    }
+
+    fn records(wire: &[u8]) -> usize {
+        let mut n = 0;
+        let mut rest = wire;
+        while let Ok(Some(len)) = record::record_len(rest) {
+            rest = &rest[len.min(rest.len())..];
+            n += 1;
+        }
+        n
+    }
+
+    fn body(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 253) as u8 ^ seed).collect()
+    }
+
+    /// Serves one connection: reads a line, answers the body for it, as the script says.
+    fn serve(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        script: impl FnOnce(&mut rustls::StreamOwned<ServerConnection, Tap>) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = ServerConnection::new(config).unwrap();
+            let mut stream = rustls::StreamOwned::new(
+                conn,
+                Tap {
+                    sock,
+                    seen: Vec::new(),
+                },
+            );
+            script(&mut stream);
+        })
+    }
+
+    fn read_line(s: &mut impl Read) -> Vec<u8> {
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        while s.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        line
+    }
+
+    /// Reads until `want` bytes came or the stream ended, each read with a buffer of
+    /// `cap` bytes asked for at most `max`. The error, if any, comes with the bytes before.
+    async fn read_all(
+        t: &mut Transport,
+        want: usize,
+        cap: usize,
+        max: usize,
+    ) -> (Vec<u8>, Option<io::Error>) {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let (res, buf) = t.read(Vec::with_capacity(cap), max).await;
+            match res {
+                Ok(0) => break,
+                Ok(n) => {
+                    assert_eq!(n, buf.len());
+                    assert!(n <= max, "{n} > {max}");
+                    got.extend_from_slice(&buf);
+                }
+                Err(e) => return (got, Some(e)),
+            }
+        }
+        (got, None)
+    }
+
+    #[test]
+    fn key_updates_from_a_rustls_server_are_followed_and_answered() {
+        let dir = certs("keyupdate");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = serve(
+            listener,
+            server_config(&dir, &rustls::version::TLS13),
+            |s| {
+                assert_eq!(read_line(s), b"one");
+                s.write_all(&body(100_000, 1)).unwrap();
+                // KeyUpdate with update_requested: later records are under the next key.
+                s.conn.refresh_traffic_keys().unwrap();
+                s.write_all(&body(100_000, 2)).unwrap();
+                s.flush().unwrap();
+                let before = s.sock.seen.len();
+                assert_eq!(read_line(s), b"two");
+                // The client answered the request for a KeyUpdate ahead of its next record.
+                assert_eq!(records(&s.sock.seen[before..]), 2);
+                s.write_all(&body(50_000, 3)).unwrap();
+                s.conn.send_close_notify();
+                s.flush().unwrap();
+            },
+        );
+        let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
+        tokio_uring::start(async {
+            let mut t = Transport::connect(addr, Some((&config, "localhost")))
+                .await
+                .unwrap();
+            let (res, _) = t.write_all(b"one\n".to_vec()).await;
+            res.unwrap();
+            let (got, err) = read_all(&mut t, 200_000, 256 * 1024, usize::MAX).await;
+            assert!(err.is_none(), "{err:?}");
+            assert!(got[..100_000] == body(100_000, 1)[..]);
+            assert!(got[100_000..] == body(100_000, 2)[..]);
+            let (res, _) = t.write_all(b"two\n".to_vec()).await;
+            res.unwrap();
+            // Then the end: close_notify.
+            let (got, err) = read_all(&mut t, usize::MAX, 256 * 1024, usize::MAX).await;
+            assert!(err.is_none(), "{err:?}");
+            assert!(got == body(50_000, 3));
+            assert!(!t.has_buffered());
+        });
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn small_rooms_and_short_asks_get_every_byte_in_order() {
+        let dir = certs("rooms");
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = serve(listener, server_config(&dir, version), |s| {
+                assert_eq!(read_line(s), b"go");
+                s.write_all(&body(300_000, 4)).unwrap();
+                s.flush().unwrap();
+                assert_eq!(read_line(s), b"again");
+                s.write_all(&body(10, 5)).unwrap();
+                s.flush().unwrap();
+            });
+            let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
+            tokio_uring::start(async {
+                let mut t = Transport::connect(addr, Some((&config, "localhost")))
+                    .await
+                    .unwrap();
+                let (res, _) = t.write_all(b"go\n".to_vec()).await;
+                res.unwrap();
+                let mut got = Vec::new();
+                // Too little room to open records in place; a big room asked for less
+                // than a record (the rest waits); then big reads.
+                let (part, err) = read_all(&mut t, 50_000, 1000, usize::MAX).await;
+                assert!(err.is_none());
+                got.extend_from_slice(&part);
+                let (part, err) = read_all(&mut t, 50_000, 256 * 1024, 3000).await;
+                assert!(err.is_none());
+                got.extend_from_slice(&part);
+                let rest = 300_000 - got.len();
+                let (part, err) = read_all(&mut t, rest, 256 * 1024, rest).await;
+                assert!(err.is_none());
+                got.extend_from_slice(&part);
+                assert!(got == body(300_000, 4), "{version:?}");
+                let (res, _) = t.write_all(b"again\n".to_vec()).await;
+                res.unwrap();
+                let (got, _) = read_all(&mut t, 10, 256 * 1024, 10).await;
+                assert_eq!(got, body(10, 5));
+            });
+            server.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_tampered_record_fails_the_read_after_the_good_bytes() {
+        let dir = certs("tamper");
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = serve(listener, server_config(&dir, version), |s| {
+                assert_eq!(read_line(s), b"go");
+                s.write_all(&body(20_000, 6)).unwrap();
+                s.flush().unwrap();
+                // One more record, a bit of its ciphertext flipped on the wire.
+                s.conn.writer().write_all(b"forged?").unwrap();
+                let mut wire = Vec::new();
+                s.conn.write_tls(&mut wire).unwrap();
+                let last = wire.len() - 3;
+                wire[last] ^= 0x20;
+                s.sock.sock.write_all(&wire).unwrap();
+                // Keep the connection open until the client is done.
+                let _ = s.sock.sock.read(&mut [0u8; 1]);
+            });
+            let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
+            tokio_uring::start(async {
+                let mut t = Transport::connect(addr, Some((&config, "localhost")))
+                    .await
+                    .unwrap();
+                let (res, _) = t.write_all(b"go\n".to_vec()).await;
+                res.unwrap();
+                let (got, err) = read_all(&mut t, usize::MAX, 256 * 1024, usize::MAX).await;
+                assert!(got == body(20_000, 6), "{version:?}: {} bytes", got.len());
+                let err = err.unwrap();
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+                assert!(err.to_string().contains("bad_record_mac"), "{err}");
+                t.shutdown();
+            });
+            server.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
