@@ -289,6 +289,103 @@ fn slow_down_before_the_head_is_retried_then_502_when_spent() {
     assert_no_close_wait(&tg);
 }
 
+/// Requests that miss the same manifest together (the first ones, or all those in flight
+/// when it expires) share one fetch, and its outcome: the manifest's GET stalls and is
+/// closed, 20 requests wait for it meanwhile. With a retry, the stalled GET and its retry
+/// serve them all; without, all 20 get its failure and S3 saw one GET, not 20.
+#[test]
+fn requests_missing_a_manifest_together_share_one_fetch() {
+    for (retries, status, gets) in [("retries 1;", 206, 2), ("retries 0;", 502, 1)] {
+        let (_s3, relay, tg, pkg) = relay_setup(retries);
+        let stall = Fault::StallAfter(0, Duration::from_millis(600));
+        relay.add_rule("/f/manifest.json", stall, 1);
+        let responses: Vec<Response> = std::thread::scope(|s| {
+            let all: Vec<_> = (0..20)
+                .map(|_| s.spawn(|| tg.get("/apk/f/ch.apk", &[("Range", "bytes=0-99")])))
+                .collect();
+            all.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for r in &responses {
+            assert_eq!(r.status, status, "{retries}");
+            if status == 206 {
+                assert!(r.body == pkg.full("ch")[..100]);
+            }
+        }
+        let manifest_gets = relay
+            .requests()
+            .iter()
+            .filter(|(_, _, line, _)| line.contains("/f/manifest.json"))
+            .count();
+        assert_eq!(manifest_gets, gets, "{retries}");
+    }
+}
+
+/// Past half its time to live, the first request to see a manifest fetches the next one
+/// while the others keep using it. Here that fetch stalls and then fails (twice: a pooled
+/// connection that fails before any byte is retried once on a fresh one): the requests
+/// meanwhile are answered at once, the refreshing one too once its fetch failed (the
+/// entry is still within its time to live), and only after it expires is it fetched again.
+#[test]
+fn aging_manifests_are_refreshed_while_the_others_keep_using_them() {
+    let (_s3, relay, tg, pkg) = relay_setup_with("manifest_cache_ttl 2s;", "retries 0;");
+    let range = [("Range", "bytes=0-99")];
+    let manifest_gets = || {
+        relay
+            .requests()
+            .iter()
+            .filter(|(_, _, line, _)| line.contains("/f/manifest.json"))
+            .count()
+    };
+    let t0 = Instant::now();
+    assert_eq!(tg.get("/apk/f/ch.apk", &range).status, 206);
+    std::thread::sleep(Duration::from_millis(1100));
+    relay.add_rule(
+        "/f/manifest.json",
+        Fault::StallAfter(0, Duration::from_millis(300)),
+        2,
+    );
+    std::thread::scope(|s| {
+        let refresher = s.spawn(|| {
+            let at = Instant::now();
+            let r = tg.get("/apk/f/ch.apk", &range);
+            (r, at.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..5 {
+            let at = Instant::now();
+            let r = tg.get("/apk/f/ch.apk", &range);
+            assert_eq!(r.status, 206);
+            assert!(r.body == pkg.full("ch")[..100]);
+            assert!(
+                at.elapsed() < Duration::from_millis(300),
+                "{:?}",
+                at.elapsed()
+            );
+        }
+        let (r, took) = refresher.join().unwrap();
+        assert_eq!(r.status, 206, "the entry is still good");
+        assert!(
+            took >= Duration::from_millis(500),
+            "{took:?}: it waited for its fetch"
+        );
+    });
+    assert_eq!(manifest_gets(), 3);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the test ran too slowly to tell"
+    );
+    assert!(
+        tg.log().contains("refreshing the manifest of f: upstream"),
+        "{}",
+        tg.log()
+    );
+    std::thread::sleep(
+        Duration::from_secs(2).saturating_sub(t0.elapsed()) + Duration::from_millis(100),
+    );
+    assert_eq!(tg.get("/apk/f/ch.apk", &range).status, 206);
+    assert_eq!(manifest_gets(), 4, "expired: fetched again");
+}
+
 #[test]
 fn a_stall_before_the_head_with_retries_spent_is_a_504() {
     let (_s3, relay, tg, _pkg) = relay_setup("retries 0;");

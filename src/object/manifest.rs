@@ -153,6 +153,17 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 // === cache ===
 
+/// What the cache holds for a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// Younger than half its time to live.
+    Fresh(V),
+    /// Still within its time to live, but past half of it: time to fetch the next one
+    /// (while the others keep using this one), so that under steady traffic entries are
+    /// replaced before they expire and no request waits for a fetch.
+    Aging(V),
+}
+
 /// A bounded map with a time-to-live, owned by one worker (no locks).
 pub struct Cache<V> {
     ttl: Duration,
@@ -169,9 +180,17 @@ impl<V: Clone> Cache<V> {
         }
     }
 
-    pub fn get(&self, key: &str, now: Tick) -> Option<V> {
+    /// The entry for `key` unless it has expired.
+    pub fn lookup(&self, key: &str, now: Tick) -> Option<Lookup<V>> {
         let (at, v) = self.entries.get(key)?;
-        (now.saturating_duration_since(*at) < self.ttl).then(|| v.clone())
+        let age = now.saturating_duration_since(*at);
+        if age >= self.ttl {
+            None
+        } else if age < self.ttl / 2 {
+            Some(Lookup::Fresh(v.clone()))
+        } else {
+            Some(Lookup::Aging(v.clone()))
+        }
     }
 
     pub fn insert(&mut self, key: String, value: V, now: Tick) {
@@ -289,12 +308,20 @@ mod tests {
         c.insert("b".into(), 2, t0 + Duration::from_secs(1));
         c.insert("c".into(), 3, t0 + Duration::from_secs(2));
         assert_eq!(
-            c.get("a", t0 + Duration::from_secs(2)),
+            c.lookup("a", t0 + Duration::from_secs(2)),
             None,
             "oldest evicted"
         );
-        assert_eq!(c.get("c", t0 + Duration::from_secs(2)), Some(3));
-        assert_eq!(c.get("c", t0 + Duration::from_secs(8)), None, "expired");
+        let at = |s| t0 + Duration::from_millis(s);
+        assert_eq!(c.lookup("c", at(2000)), Some(Lookup::Fresh(3)));
+        assert_eq!(c.lookup("c", at(4499)), Some(Lookup::Fresh(3)));
+        assert_eq!(
+            c.lookup("c", at(4500)),
+            Some(Lookup::Aging(3)),
+            "half its TTL"
+        );
+        assert_eq!(c.lookup("c", at(6999)), Some(Lookup::Aging(3)));
+        assert_eq!(c.lookup("c", at(7000)), None, "expired");
         assert!(c.entries.len() <= 2);
     }
 

@@ -3,7 +3,8 @@
 //! responses ([`error_response`]). Every exit path shuts the socket down, so an io_uring
 //! operation abandoned on a timeout finds it dead.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -21,7 +22,7 @@ use crate::log;
 use crate::metrics::{ConnState, Stats};
 use crate::object::composite::{Composite, Segment};
 use crate::object::conditional::{self, Outcome, Preconditions};
-use crate::object::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::object::manifest::{Cache, Lookup, Manifest, MAX_MANIFEST_BYTES};
 use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
 use crate::relay::{End, Piece, Relay, Stats as RelayStats};
@@ -30,6 +31,7 @@ use crate::sock;
 use crate::timer::{Tick, Timer};
 use crate::upstream::{ErrorKind, UpstreamError};
 
+use super::flight::Flights;
 use super::worker::{State, Worker};
 
 /// The head buffer of a new or idle connection; it grows up to client_header_buffer_size.
@@ -37,7 +39,7 @@ const INITIAL_HEAD_BUFFER: usize = 256;
 
 /// Why a request could not be served as asked.
 #[derive(Debug)]
-enum Failure {
+pub(super) enum Failure {
     Parse(ParseError),
     Route(RouteError),
     Method,
@@ -50,7 +52,13 @@ enum Failure {
     Precondition,
     /// A chunked request body that cannot be framed or is over the bound.
     Body(ChunkError),
+    /// The failure of a manifest or metadata fetch shared by the requests that waited
+    /// for it.
+    Shared(Rc<Failure>),
 }
+
+/// What a shared manifest or metadata fetch gives each of its requests.
+pub(super) type Fetched<V> = Result<Rc<V>, Rc<Failure>>;
 
 /// The one status mapping: status code and whether the connection must close.
 fn error_response(f: &Failure) -> (u16, bool) {
@@ -72,6 +80,7 @@ fn error_response(f: &Failure) -> (u16, bool) {
         Failure::Upstream(_) => (502, false),
         Failure::Body(ChunkError::Malformed(_)) => (400, true),
         Failure::Body(ChunkError::TooLarge) => (413, true),
+        Failure::Shared(f) => error_response(f),
     }
 }
 
@@ -497,9 +506,13 @@ async fn respond(
             serve_composite(client, st, head, block, &composite, file_name, keep_alive).await
         }
         Err(f) => {
-            if let Failure::Upstream(e) = &f {
+            let cause = match &f {
+                Failure::Shared(f) => f,
+                f => f,
+            };
+            if let Failure::Upstream(e) = cause {
                 log::error!("upstream: {} for {}", e, head.target());
-            } else if let Failure::BadObject(m) = &f {
+            } else if let Failure::BadObject(m) = cause {
                 log::error!("{m} for {}", head.target());
             }
             send_error(client, &f, is_head, head.minor, !keep_alive).await
@@ -517,29 +530,79 @@ async fn load_variant(
     // `block` comes from a Route of this generation's conf, so it always has a cache, keyed
     // by package.
     let cache = st.manifests.get(block).ok_or(Failure::NotFound)?;
-    let cached = cache.borrow().get(package, Tick::now());
-    let manifest = match cached {
-        Some(m) => m,
-        None => {
-            let key = route::manifest_key(package);
-            let (_, body) = st
-                .upstream
-                .fetch_whole(timer, block, "GET", &key, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|e| match e.kind {
-                    ErrorKind::NotFound => Failure::NotFound,
-                    _ => Failure::Upstream(e),
-                })?;
-            let m = Rc::new(
-                Manifest::parse(&body).map_err(|e| Failure::BadObject(format!("{key}: {e}")))?,
-            );
+    let flights = st.manifest_fetches.get(block).ok_or(Failure::NotFound)?;
+    let manifest = cached(cache, flights, ("the manifest of", package), || {
+        fetch_manifest(timer, st, block, route::manifest_key(package))
+    })
+    .await?;
+    manifest.variant(variant).ok_or(Failure::NotFound)
+}
+
+/// `key`'s entry in `cache`, fetched when missing, one fetch for all the requests that
+/// miss it together. Past half its time to live, the first request to see an entry fetches
+/// the next one while the others keep using it; should that fetch fail, the entry still
+/// serves until it expires.
+async fn cached<V, F>(
+    cache: &RefCell<Cache<Rc<V>>>,
+    flights: &Flights<Fetched<V>>,
+    (what, key): (&str, &str),
+    fetch: impl FnOnce() -> F,
+) -> Result<Rc<V>, Failure>
+where
+    F: Future<Output = Result<Rc<V>, Failure>>,
+{
+    let aging = match cache.borrow().lookup(key, Tick::now()) {
+        Some(Lookup::Fresh(v)) => return Ok(v),
+        Some(Lookup::Aging(v)) if flights.busy(key) => return Ok(v),
+        Some(Lookup::Aging(v)) => Some(v),
+        None => None,
+    };
+    let fetched = flights
+        .run(key, || async {
+            // The turn may have come after another request filled it.
+            if let Some(Lookup::Fresh(v)) = cache.borrow().lookup(key, Tick::now()) {
+                return Ok(v);
+            }
+            let v = fetch().await.map_err(Rc::new)?;
             cache
                 .borrow_mut()
-                .insert(package.to_string(), Rc::clone(&m), Tick::now());
-            m
+                .insert(key.to_string(), Rc::clone(&v), Tick::now());
+            Ok(v)
+        })
+        .await;
+    match (fetched, aging) {
+        (Ok(v), _) => Ok(v),
+        (Err(f), Some(v)) => {
+            match &*f {
+                Failure::Upstream(e) => log::warning!(
+                    "refreshing {what} {key}: upstream: {e}; the cached copy serves until it expires"
+                ),
+                f => log::warning!(
+                    "refreshing {what} {key}: {f:?}; the cached copy serves until it expires"
+                ),
+            }
+            Ok(v)
         }
-    };
-    manifest.variant(variant).ok_or(Failure::NotFound)
+        (Err(f), None) => Err(Failure::Shared(f)),
+    }
+}
+
+async fn fetch_manifest(
+    timer: &Timer<'_>,
+    st: &State,
+    block: usize,
+    key: String,
+) -> Result<Rc<Manifest>, Failure> {
+    let (_, body) = st
+        .upstream
+        .fetch_whole(timer, block, "GET", &key, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::NotFound => Failure::NotFound,
+            _ => Failure::Upstream(e),
+        })?;
+    let m = Manifest::parse(&body).map_err(|e| Failure::BadObject(format!("{key}: {e}")))?;
+    Ok(Rc::new(m))
 }
 
 async fn load_object(
@@ -550,9 +613,19 @@ async fn load_object(
 ) -> Result<Rc<Composite>, Failure> {
     // `block` comes from a Route of this generation's conf, so it always has a cache.
     let cache = st.objects.get(block).ok_or(Failure::NotFound)?;
-    if let Some(c) = cache.borrow().get(key, Tick::now()) {
-        return Ok(c);
-    }
+    let flights = st.object_fetches.get(block).ok_or(Failure::NotFound)?;
+    cached(cache, flights, ("object", key), || {
+        fetch_object(timer, st, block, key)
+    })
+    .await
+}
+
+async fn fetch_object(
+    timer: &Timer<'_>,
+    st: &State,
+    block: usize,
+    key: &str,
+) -> Result<Rc<Composite>, Failure> {
     let (head, _) = st
         .upstream
         .fetch_whole(timer, block, "HEAD", key, 0)
@@ -581,13 +654,9 @@ async fn load_object(
         length,
         etag: etag.clone(),
     };
-    let c = Rc::new(
-        Composite::new(vec![segment], etag, last_modified, content_type).map_err(|m| bad(&m))?,
-    );
-    cache
-        .borrow_mut()
-        .insert(key.to_string(), Rc::clone(&c), Tick::now());
-    Ok(c)
+    let c =
+        Composite::new(vec![segment], etag, last_modified, content_type).map_err(|m| bad(&m))?;
+    Ok(Rc::new(c))
 }
 
 async fn serve_composite(

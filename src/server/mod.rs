@@ -4,6 +4,7 @@
 //! `SIGTERM`/`SIGINT` exit at once.
 
 mod conn;
+mod flight;
 mod worker;
 
 use std::fmt;

@@ -22,7 +22,8 @@ use crate::timer::{Tick, Timers};
 use crate::upstream::addresses::Addresses;
 use crate::upstream::Upstream;
 
-use super::conn;
+use super::conn::{self, Fetched};
+use super::flight::Flights;
 
 /// A response head's buffer; a longer head (a long file name) grows its own.
 const HEAD_BUFFER: usize = 1024;
@@ -97,6 +98,10 @@ pub(super) struct State {
     /// instead of building one.
     pub manifests: Vec<RefCell<Cache<Rc<Manifest>>>>,
     pub objects: Vec<RefCell<Cache<Rc<Composite>>>>,
+    /// Manifest and object-metadata fetches under way, one per block and key, so that
+    /// the requests missing a key at the same moment share one fetch.
+    pub manifest_fetches: Vec<Flights<Fetched<Manifest>>>,
+    pub object_fetches: Vec<Flights<Fetched<Composite>>>,
     /// This worker's share of `tail_cache_size`.
     pub tails: RefCell<TailCache>,
     /// Idle pipes for spliced relays, `relay_buffer_size` each.
@@ -122,6 +127,8 @@ impl State {
             upstream: Upstream::new(&http.s3, endpoints, Arc::clone(stats))?,
             manifests: caches(http),
             objects: caches(http),
+            manifest_fetches: http.s3.iter().map(|_| Flights::new()).collect(),
+            object_fetches: http.s3.iter().map(|_| Flights::new()).collect(),
             tails: RefCell::new(TailCache::new(
                 http.tail_cache_size / conf.worker_threads.max(1) as u64,
             )),
