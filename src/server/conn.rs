@@ -587,6 +587,14 @@ where
     }
 }
 
+/// S3's 404 is the client's; any other upstream failure is a gateway's.
+fn fetch_failure(e: UpstreamError) -> Failure {
+    match e.kind {
+        ErrorKind::NotFound => Failure::NotFound,
+        _ => Failure::Upstream(e),
+    }
+}
+
 async fn fetch_manifest(
     timer: &Timer<'_>,
     st: &State,
@@ -597,10 +605,7 @@ async fn fetch_manifest(
         .upstream
         .fetch_whole(timer, block, "GET", &key, MAX_MANIFEST_BYTES)
         .await
-        .map_err(|e| match e.kind {
-            ErrorKind::NotFound => Failure::NotFound,
-            _ => Failure::Upstream(e),
-        })?;
+        .map_err(fetch_failure)?;
     let m = Manifest::parse(&body).map_err(|e| Failure::BadObject(format!("{key}: {e}")))?;
     Ok(Rc::new(m))
 }
@@ -630,10 +635,7 @@ async fn fetch_object(
         .upstream
         .fetch_whole(timer, block, "HEAD", key, 0)
         .await
-        .map_err(|e| match e.kind {
-            ErrorKind::NotFound => Failure::NotFound,
-            _ => Failure::Upstream(e),
-        })?;
+        .map_err(fetch_failure)?;
     let bad = |m: &str| Failure::BadObject(format!("{key}: {m}"));
     let length = head
         .content_length

@@ -528,13 +528,17 @@ mod tests {
         (0..len).map(|i| (i % 253) as u8 ^ seed).collect()
     }
 
-    /// Serves one connection: reads a line, answers the body for it, as the script says.
+    /// A TLS server for one connection on a loopback port, run by `script` on its own
+    /// thread; the client side connects with [`connect`].
     fn serve(
-        listener: TcpListener,
-        config: Arc<ServerConfig>,
+        dir: &std::path::Path,
+        version: &'static SupportedProtocolVersion,
         script: impl FnOnce(&mut rustls::StreamOwned<ServerConnection, Tap>) + Send + 'static,
-    ) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = server_config(dir, version);
+        let server = std::thread::spawn(move || {
             let (sock, _) = listener.accept().unwrap();
             let conn = ServerConnection::new(config).unwrap();
             let mut stream = rustls::StreamOwned::new(
@@ -545,7 +549,19 @@ mod tests {
                 },
             );
             script(&mut stream);
-        })
+        });
+        (addr, server)
+    }
+
+    /// A TLS transport to `addr` trusting the CA in `dir`, its first request line sent.
+    async fn connect(addr: SocketAddr, dir: &std::path::Path, line: &[u8]) -> Transport {
+        let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
+        let mut t = Transport::connect(addr, Some((&config, "localhost")))
+            .await
+            .unwrap();
+        let (res, _) = t.write_all(line.to_vec()).await;
+        res.unwrap();
+        t
     }
 
     fn read_line(s: &mut impl Read) -> Vec<u8> {
@@ -584,34 +600,27 @@ mod tests {
     #[test]
     fn key_updates_from_a_rustls_server_are_followed_and_answered() {
         let dir = certs("keyupdate");
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = serve(
-            listener,
-            server_config(&dir, &rustls::version::TLS13),
-            |s| {
-                assert_eq!(read_line(s), b"one");
-                s.write_all(&body(100_000, 1)).unwrap();
-                // KeyUpdate with update_requested: later records are under the next key.
-                s.conn.refresh_traffic_keys().unwrap();
-                s.write_all(&body(100_000, 2)).unwrap();
-                s.flush().unwrap();
-                let before = s.sock.seen.len();
-                assert_eq!(read_line(s), b"two");
-                // The client answered the request for a KeyUpdate ahead of its next record.
-                assert_eq!(records(&s.sock.seen[before..]), 2);
-                s.write_all(&body(50_000, 3)).unwrap();
-                s.conn.send_close_notify();
-                s.flush().unwrap();
-            },
-        );
-        let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
+        let (addr, server) = serve(&dir, &rustls::version::TLS13, |s| {
+            assert_eq!(read_line(s), b"one");
+            s.write_all(&body(100_000, 1)).unwrap();
+            // KeyUpdate with update_requested: later records are under the next key.
+            s.conn.refresh_traffic_keys().unwrap();
+            s.write_all(&body(100_000, 2)).unwrap();
+            s.flush().unwrap();
+            let before = s.sock.seen.len();
+            assert_eq!(read_line(s), b"two");
+            // The client answered the request for a KeyUpdate ahead of its next record.
+            assert_eq!(records(&s.sock.seen[before..]), 2);
+            s.write_all(&body(50_000, 3)).unwrap();
+            s.conn.send_close_notify();
+            s.flush().unwrap();
+        });
         tokio_uring::start(async {
-            let mut t = Transport::connect(addr, Some((&config, "localhost")))
-                .await
-                .unwrap();
-            let (res, _) = t.write_all(b"one\n".to_vec()).await;
-            res.unwrap();
+            let mut t = connect(
+                addr, &dir, b"one
+",
+            )
+            .await;
             let (got, err) = read_all(&mut t, 200_000, 256 * 1024, usize::MAX).await;
             assert!(err.is_none(), "{err:?}");
             assert!(got[..100_000] == body(100_000, 1)[..]);
@@ -632,9 +641,7 @@ mod tests {
     fn small_rooms_and_short_asks_get_every_byte_in_order() {
         let dir = certs("rooms");
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let server = serve(listener, server_config(&dir, version), |s| {
+            let (addr, server) = serve(&dir, version, |s| {
                 assert_eq!(read_line(s), b"go");
                 s.write_all(&body(300_000, 4)).unwrap();
                 s.flush().unwrap();
@@ -642,13 +649,12 @@ mod tests {
                 s.write_all(&body(10, 5)).unwrap();
                 s.flush().unwrap();
             });
-            let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
             tokio_uring::start(async {
-                let mut t = Transport::connect(addr, Some((&config, "localhost")))
-                    .await
-                    .unwrap();
-                let (res, _) = t.write_all(b"go\n".to_vec()).await;
-                res.unwrap();
+                let mut t = connect(
+                    addr, &dir, b"go
+",
+                )
+                .await;
                 let mut got = Vec::new();
                 // Too little room to open records in place; a big room asked for less
                 // than a record (the rest waits); then big reads.
@@ -677,9 +683,7 @@ mod tests {
     fn a_tampered_record_fails_the_read_after_the_good_bytes() {
         let dir = certs("tamper");
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let server = serve(listener, server_config(&dir, version), |s| {
+            let (addr, server) = serve(&dir, version, |s| {
                 assert_eq!(read_line(s), b"go");
                 s.write_all(&body(20_000, 6)).unwrap();
                 s.flush().unwrap();
@@ -693,13 +697,12 @@ mod tests {
                 // Keep the connection open until the client is done.
                 let _ = s.sock.sock.read(&mut [0u8; 1]);
             });
-            let config = client_config(Some(&dir.join("ca.pem"))).unwrap();
             tokio_uring::start(async {
-                let mut t = Transport::connect(addr, Some((&config, "localhost")))
-                    .await
-                    .unwrap();
-                let (res, _) = t.write_all(b"go\n".to_vec()).await;
-                res.unwrap();
+                let mut t = connect(
+                    addr, &dir, b"go
+",
+                )
+                .await;
                 let (got, err) = read_all(&mut t, usize::MAX, 256 * 1024, usize::MAX).await;
                 assert!(got == body(20_000, 6), "{version:?}: {} bytes", got.len());
                 let err = err.unwrap();
