@@ -481,6 +481,49 @@ fn a_failure_on_a_reused_connection_gets_a_free_retry() {
     assert_eq!(r.body, pkg.full("ch")[10..20]);
 }
 
+/// A slow upstream's bytes reach the client as they come: tailgate gathers small reads into
+/// larger client writes only while the bytes keep coming within milliseconds of each other.
+#[test]
+fn a_slow_upstreams_bytes_are_relayed_as_they_come() {
+    let (_s3, relay, tg, pkg) = relay_setup("");
+    let head = pkg.head.len();
+    let want = &pkg.full("ch")[head..head + 16384];
+    // S3's answer comes in pieces of 4 KiB, 300 ms apart: each must reach the client alone,
+    // not wait for the next.
+    relay.add_rule(
+        "/f/tails/ch",
+        Fault::Pace(4096, Duration::from_millis(300)),
+        1,
+    );
+    let mut c = tg.client();
+    let range = format!("bytes={head}-{}", head + 16383);
+    c.send(&request(
+        "GET",
+        "/apk/f/ch.apk",
+        &[("Range", range.as_str())],
+    ));
+    let mut got = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = std::io::Read::read(&mut c.stream, &mut buf).unwrap();
+        assert!(n > 0, "connection closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        arrivals.push(got.len() - end - 4 - arrivals.iter().sum::<usize>());
+        if got.len() - end - 4 >= want.len() {
+            assert!(got.starts_with(b"HTTP/1.1 206"));
+            assert!(got[end + 4..] == *want);
+            break;
+        }
+    }
+    // Body bytes per client read: at most one piece each.
+    assert!(arrivals.len() >= 4, "{arrivals:?}");
+    assert!(arrivals.iter().all(|&n| n <= 4096), "{arrivals:?}");
+}
+
 #[test]
 fn clients_that_abort_or_stall_release_their_upstream_connection() {
     for mode in MODES {

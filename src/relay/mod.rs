@@ -1,7 +1,8 @@
 //! Plan → client, one segment at a time. The upstream request for a fetch is sent only
 //! after every byte before it was written to the client socket (the write completed), so
 //! no upstream connection is ever held without being read. Reads and writes alternate over
-//! one owned buffer moved between io_uring operations. A fetch that fails is resumed from
+//! one owned buffer moved between io_uring operations; bytes that arrive in quick
+//! succession are gathered into one write (see [`Relay::gather`]). A fetch that fails is resumed from
 //! the first byte the client has not been sent; when that is impossible, the caller closes
 //! the client connection so the short body shows as short. With `tail_cache_size`, a tail
 //! the cache admits is sent from memory, and on a miss first read whole into it (the same
@@ -198,6 +199,9 @@ impl Drop for LargeSlot<'_> {
         self.pool.free.set(self.pool.free.get() + 1);
     }
 }
+
+/// How long body bytes already read may wait for more to be gathered behind them.
+const GATHER_WINDOW: Duration = Duration::from_millis(2);
 
 /// Body bytes up to which our pending bytes are copied in front of them rather than sent
 /// with them by `writev`.
@@ -416,7 +420,7 @@ impl Relay<'_> {
                     }
                 }
                 let started = Instant::now();
-                let (res, back) = self.upstream.read_body(self.timer, &mut body, buf).await;
+                let (res, back) = self.gather(&mut body, buf, from).await;
                 stats.upstream_time += started.elapsed();
                 buf = back;
                 if let Err(e) = res {
@@ -437,6 +441,37 @@ impl Relay<'_> {
             }
         }
         (Ok(End::Complete), buf)
+    }
+
+    /// Reads body bytes into `buf` behind `from`; when they came within [`GATHER_WINDOW`],
+    /// reads more behind them while they keep coming within the window of the first, up to
+    /// a quarter of the buffer: the client is written fewer, larger pieces. A TLS upstream
+    /// slower than tailgate's loop otherwise hands over a record or two per read, and each
+    /// piece written wakes the client once (measured on whole files over TLS: the client's
+    /// CPU per GB 0.37 → 0.24). A slow upstream's bytes go out as they come; a flowing one's
+    /// wait at most the window and one pause. An error after some bytes is returned with
+    /// them in `buf`, as a single read's would be.
+    async fn gather(
+        &self,
+        body: &mut SegmentBody,
+        buf: Vec<u8>,
+        from: usize,
+    ) -> (Result<usize, UpstreamError>, Vec<u8>) {
+        let asked = Instant::now();
+        let (mut res, mut buf) = self.upstream.read_body(self.timer, body, buf).await;
+        let first = Instant::now();
+        let enough = buf.capacity() / 4;
+        let flowing = first.saturating_duration_since(asked) < GATHER_WINDOW;
+        while flowing
+            && res.is_ok()
+            && body.remaining() > 0
+            && buf.len() - from < enough
+            && buf.capacity() - buf.len() >= 2 * enough
+            && first.elapsed() < GATHER_WINDOW
+        {
+            (res, buf) = self.upstream.read_body(self.timer, body, buf).await;
+        }
+        (res, buf)
     }
 
     /// True when `len` more body bytes of this block's fetches go through a pipe.

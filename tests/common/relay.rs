@@ -1,6 +1,6 @@
 //! A std-thread TCP relay between tailgate and S3 that records what crosses it (connection
 //! opens and closes, request lines with their Range) and injects faults into responses:
-//! close or reset at a byte offset, stall, or answer 503 instead of forwarding.
+//! close or reset at a byte offset, stall, pace, or answer 503 instead of forwarding.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
@@ -40,6 +40,8 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Answer `503 SlowDown` instead of forwarding the request.
     SlowDown,
+    /// Relay the response in pieces of at most this many bytes, pausing after each.
+    Pace(usize, Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -276,7 +278,7 @@ impl Inner {
             };
             // Counted before the bytes go out: once they are written, tailgate may send its
             // next request, whose fault starts again from zero.
-            let (fault, chunk) = {
+            let (fault, chunk, pace) = {
                 let mut cur = current.lock().unwrap();
                 if let Some(i) = cur.2.take() {
                     // The response starts: spend the rule, unless another connection did.
@@ -296,9 +298,21 @@ impl Inner {
                 };
                 let chunk = &buf[..n.min(room)];
                 cur.1 += chunk.len() as u64;
-                (cur.0.clone().filter(|_| room < n), chunk)
+                let pace = match cur.0 {
+                    Some(Fault::Pace(size, gap)) => Some((size, gap)),
+                    _ => None,
+                };
+                (cur.0.clone().filter(|_| room < n), chunk, pace)
             };
-            let wrote = to.write_all(chunk).is_ok();
+            let wrote = match pace {
+                Some((size, gap)) => chunk.chunks(size.max(1)).all(|piece| {
+                    let ok = to.write_all(piece).is_ok();
+                    #[allow(clippy::disallowed_methods)] // the pause is the fault
+                    thread::sleep(gap);
+                    ok
+                }),
+                None => to.write_all(chunk).is_ok(),
+            };
             match fault {
                 None if wrote => {}
                 None => return,
