@@ -1,6 +1,6 @@
 //! The S3 side's other shapes: HTTPS through rustls (TLS 1.3 and 1.2, a private CA given by
-//! `tls_ca_file`, a wrong CA refused, resets, closes without close_notify and stalls
-//! mid-body resumed or made loud) and virtual-hosted addressing.
+//! `tls_ca_file`, a wrong CA refused, sessions resumed, resets, closes without close_notify
+//! and stalls mid-body resumed or made loud) and virtual-hosted addressing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -74,6 +74,59 @@ fn https_with_a_private_ca_over_tls_1_3_and_1_2() {
             502,
             "{suite}: untrusted CA"
         );
+    }
+}
+
+/// Connections after the first resume the TLS session (tickets kept by rustls, handed over
+/// by the record layer after the handshake) instead of a full handshake each: with no
+/// pooling, every upstream request is a new connection.
+#[test]
+fn new_tls_connections_resume_the_session() {
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "tls",
+        bytes(300_000, 53),
+        vec![("a", bytes(7_000, 54))],
+    );
+    let certs = TempDir::new("certs");
+    make_certs(certs.path(), "gw");
+    for protocols in ["TLSv1.3", "TLSv1.2"] {
+        let log = certs.path().join(format!("access-{protocols}.log"));
+        let gw = tls_gateway(
+            &s3,
+            certs.path(),
+            protocols,
+            &format!("access_log {} tls;", log.display()),
+        );
+        let ca = format!(
+            "tls_ca_file {}/gw-ca.pem; keepalive 0;",
+            certs.path().display()
+        );
+        let tg = Tailgate::start(
+            &conf(&format!("https://{}", gw.addr), SK, "", &ca)
+                .replace("worker_threads 2;", "worker_threads 1;"),
+        );
+        for _ in 0..3 {
+            assert!(tg.get("/apk/tls/a.apk", &[]).body == pkg.full("a"));
+        }
+        // nginx writes a request's line when it ends: a manifest, then head and tail three
+        // times.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let lines: Vec<String> = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if lines.len() >= 7 || std::time::Instant::now() > deadline {
+                break lines;
+            }
+            #[allow(clippy::disallowed_methods)] // polling another process's log
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(lines.len(), 7, "{protocols}: {lines:?}");
+        assert!(lines.iter().all(|l| l.starts_with(protocols)), "{lines:?}");
+        assert_eq!(lines[0], format!("{protocols} ."), "{lines:?}");
+        let resumed = lines.iter().filter(|l| l.ends_with(" r")).count();
+        assert!(resumed >= lines.len() - 1, "{protocols}: {lines:?}");
     }
 }
 

@@ -744,10 +744,15 @@ pub fn make_certs(dir: &Path, name: &str) {
 
 /// An nginx (OpenSSL) HTTPS front of `s3`, speaking `protocols`, plus any further `ssl_*`
 /// directives (e.g. to pin a cipher suite).
+/// nginx with an `ssl` listener in front of `s3`; `log_format tls` logs each request's
+/// protocol and whether its session was resumed (`r`), for an `access_log` in `extra`.
 pub fn tls_gateway(s3: &S3, dir: &Path, protocols: &str, extra: &str) -> Nginx {
     let d = dir.display();
     Nginx::start(
-        &format!("upstream s3 {{ server {}; keepalive 8; }}", s3.addr),
+        &format!(
+            "upstream s3 {{ server {}; keepalive 8; }}\n log_format tls '$ssl_protocol $ssl_session_reused';",
+            s3.addr
+        ),
         &format!(
             "  listen {{listen}} ssl;\n  ssl_certificate {d}/gw-leaf.pem;\n  ssl_certificate_key {d}/gw-leaf.key;\n  \
              ssl_protocols {protocols};\n  {extra}\n  location / {{\n   proxy_pass http://s3;\n   proxy_http_version 1.1;\n   \
