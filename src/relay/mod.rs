@@ -2,9 +2,9 @@
 //! after every byte before it was written to the client socket (the write completed), so
 //! no upstream connection is ever held without being read. Reads and writes alternate over
 //! one owned buffer moved between io_uring operations; bytes that arrive in quick
-//! succession are gathered into one write (see [`Relay::gather`]). A fetch that fails is resumed from
-//! the first byte the client has not been sent; when that is impossible, the caller closes
-//! the client connection so the short body shows as short. With `tail_cache_size`, a tail
+//! succession are gathered into one write (`Relay::gather`). A fetch that fails is resumed
+//! from the first byte the client has not been sent; when that is impossible, the caller
+//! closes the client connection so the short body shows as short. With `tail_cache_size`, a tail
 //! the cache admits is sent from memory, and on a miss first read whole into it (the same
 //! rule: only once everything before it was written). With `relay_splice`, the body of a
 //! plain-HTTP fetch past its first bytes moves socket to socket through a pipe (`splice`).
@@ -447,8 +447,8 @@ impl Relay<'_> {
     /// reads more behind them while they keep coming within the window of the first, up to
     /// a quarter of the buffer: the client is written fewer, larger pieces. A TLS upstream
     /// slower than tailgate's loop otherwise hands over a record or two per read, and each
-    /// piece written wakes the client once (measured on whole files over TLS: the client's
-    /// CPU per GB 0.37 → 0.24). A slow upstream's bytes go out as they come; a flowing one's
+    /// piece written wakes the client once (measured on whole files over TLS: wrk's CPU
+    /// 0.37 → 0.24 of a core). A slow upstream's bytes go out as they come; a flowing one's
     /// wait at most the window and one pause. An error after some bytes is returned with
     /// them in `buf`, as a single read's would be.
     async fn gather(
