@@ -4,10 +4,11 @@
 //! one owned buffer moved between io_uring operations; bytes that arrive in quick
 //! succession are gathered into one write (`Relay::gather`). A fetch that fails is resumed
 //! from the first byte the client has not been sent; when that is impossible, the caller
-//! closes the client connection so the short body shows as short. With `tail_cache_size`, a tail
-//! the cache admits is sent from memory, and on a miss first read whole into it (the same
-//! rule: only once everything before it was written). With `relay_splice`, the body of a
-//! plain-HTTP fetch past its first bytes moves socket to socket through a pipe (`splice`).
+//! closes the client connection so the short body shows as short. With `tail_cache_size`,
+//! a tail the cache admits is sent from memory, and on a miss first read whole into it (the
+//! same rule: only once everything before it was written). With `relay_splice`, the body of
+//! a plain-HTTP fetch past its first bytes moves socket to socket through a pipe
+//! (`splice`).
 
 pub mod splice;
 
