@@ -214,6 +214,8 @@ fn worker_connections_and_the_fd_limit_refuse_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     };
     wait_for_port(addr, "tailgate");
+    // Connected before the flood, so that its request finds no descriptor for S3.
+    let mut early = Client::connect(addr);
     let flood: Vec<std::net::TcpStream> = (0..100)
         .filter_map(|_| std::net::TcpStream::connect(addr).ok())
         .collect();
@@ -222,15 +224,87 @@ fn worker_connections_and_the_fd_limit_refuse_cleanly() {
         proc.0.try_wait().unwrap().is_none(),
         "tailgate died at the fd limit"
     );
+    early.send(OK.as_bytes());
+    let r = early.response(false).unwrap();
+    assert_eq!(r.status, 502, "no descriptor left to reach S3");
     drop(flood);
     std::thread::sleep(Duration::from_millis(500));
     let mut c = Client::connect(addr);
     c.send(OK.as_bytes());
     let r = c.response(false).unwrap();
     assert_eq!(r.status, 206);
+    // Running out of descriptors is this host's shortage, not the address's failure.
+    let mut m = Client::connect(addr);
+    m.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let metrics = String::from_utf8(m.response(false).unwrap().body).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tailgate_upstream_connect_failures_total 0"),
+        "{metrics}"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let accept_lines = text.lines().filter(|l| l.contains("accept:")).count();
     assert!(accept_lines >= 1, "the fd limit is logged");
     // Retried every 50 ms for about a second, but logged at most once a second.
     assert!(accept_lines <= 2, "{accept_lines} accept lines:\n{text}");
+    assert!(
+        text.contains("open file limit 40 is below"),
+        "the limit is checked against worker_connections at start:\n{text}"
+    );
+    let shortage: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("on this host"))
+        .collect();
+    assert!(
+        (1..=3).contains(&shortage.len()),
+        "connects without a descriptor logged once a second, not once each:\n{text}"
+    );
+    assert!(!text.contains("tried after the other addresses"), "{text}");
+}
+
+#[test]
+fn the_soft_fd_limit_is_raised_to_the_hard_one() {
+    let max_open = |limits: &str| -> (String, String) {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut f = line.split_whitespace().skip(3);
+        (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+    };
+    let (_, hard) = max_open(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    if hard.parse::<u64>().is_ok_and(|h| h <= 64) {
+        eprintln!("skipped: the hard open file limit here is {hard}");
+        return;
+    }
+    let s3 = S3::start();
+    let dir = TempDir::new("fdraise");
+    let conf_path = dir.path().join("t.conf");
+    std::fs::write(&conf_path, conf(&s3.endpoint(), SK, "", "")).unwrap();
+    let log = dir.path().join("error.log");
+    let child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 64 && exec {} serve -c {}",
+            env!("CARGO_BIN_EXE_tailgate"),
+            conf_path.display()
+        ))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("listening on ") {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proc.0.id())).unwrap();
+    assert_eq!(max_open(&limits), (hard.clone(), hard.clone()), "{limits}");
+    assert!(
+        text.contains(&format!("open file limit raised from 64 to {hard}")),
+        "{text}"
+    );
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -43,6 +44,7 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
     let conf = Config::load(path, &ProcessEnv).map_err(ServeError::Conf)?;
     log::init(&conf.error_log.0, conf.error_log.1)
         .map_err(|e| ServeError::Io(format!("error_log: {e}")))?;
+    fd_limit(conf.worker_threads, conf.http.worker_connections);
     // Handlers first: a signal during start-up must not take the default action.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1])
         .map_err(|e| ServeError::Io(format!("signals: {e}")))?;
@@ -129,6 +131,56 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
     outcome.map_err(ServeError::Io)
 }
 
+/// Descriptors one client connection may hold at once: its own socket and one to S3.
+const FDS_PER_CONNECTION: u64 = 2;
+
+/// Raises the soft open-file limit to the hard one (what a server of many connections
+/// needs, and what Go's runtime does for every program; nginx has `worker_rlimit_nofile`),
+/// then warns when the limit is below what `worker_connections` lets the workers hold:
+/// past it, accepts and upstream connects fail with "too many open files".
+fn fd_limit(threads: usize, worker_connections: usize) {
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    let mut soft = current;
+    if let Some((from, target)) = raised(current, maximum) {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum,
+            },
+        ) {
+            Ok(()) => {
+                log::info!("open file limit raised from {from} to {target}");
+                soft = Some(target);
+            }
+            Err(e) => log::warning!("open file limit: raising it to {target}: {e}"),
+        }
+    }
+    let needed = fds_needed(threads, worker_connections);
+    if let Some(soft) = soft.filter(|&s| s < needed) {
+        log::warning!(
+            "open file limit {soft} is below {needed} ({threads} workers x worker_connections \
+             {worker_connections} x {FDS_PER_CONNECTION}): connections past it fail; raise the \
+             hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower worker_connections"
+        );
+    }
+}
+
+/// The soft limit now and the one to set in its place, the hard one, when that is finite and
+/// higher. An unlimited hard limit is left alone: the kernel refuses unlimited files.
+fn raised(soft: Option<u64>, hard: Option<u64>) -> Option<(u64, u64)> {
+    match (soft, hard) {
+        (Some(s), Some(h)) if h > s => Some((s, h)),
+        _ => None,
+    }
+}
+
+fn fds_needed(threads: usize, worker_connections: usize) -> u64 {
+    (threads as u64)
+        .saturating_mul(worker_connections as u64)
+        .saturating_mul(FDS_PER_CONNECTION)
+}
+
 /// SIGHUP: parse and check the conf again; a valid one becomes the next generation, an
 /// invalid one is logged and the running one kept.
 fn reload(shared: &Shared, path: &Path) {
@@ -151,6 +203,8 @@ fn reload(shared: &Shared, path: &Path) {
     if new.http.access_log != old.http.access_log {
         shared.access.reopen(new.http.access_log.as_deref());
     }
+    // Workers are not added by a reload: the running count holds.
+    fd_limit(old.worker_threads, new.http.worker_connections);
     let generation = shared.replace(new);
     log::info!("reload: configuration generation {generation} in use for new requests");
 }
@@ -241,4 +295,29 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_goes_up_to_a_finite_hard_one_only() {
+        assert_eq!(raised(Some(1024), Some(524_288)), Some((1024, 524_288)));
+        assert_eq!(raised(Some(1024), Some(1024)), None, "already there");
+        assert_eq!(raised(Some(4096), Some(1024)), None, "never down");
+        assert_eq!(
+            raised(Some(1024), None),
+            None,
+            "unlimited is refused for files"
+        );
+        assert_eq!(raised(None, None), None);
+    }
+
+    #[test]
+    fn each_connection_may_hold_a_client_and_an_upstream_descriptor() {
+        assert_eq!(fds_needed(2, 10240), 40_960);
+        assert_eq!(fds_needed(1, 1), 2);
+        assert_eq!(fds_needed(usize::MAX, usize::MAX), u64::MAX);
+    }
 }

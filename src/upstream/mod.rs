@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
@@ -104,6 +104,9 @@ struct Block {
     /// `addresses`' version when this worker last closed idle connections to addresses
     /// that are gone.
     seen: Cell<u64>,
+    /// Connects that failed for want of a local resource since the last line about them,
+    /// and when that line was written.
+    shortages: Cell<(u64, Option<Instant>)>,
 }
 
 /// A segment response whose head passed the checks; `remaining` body bytes are still to be
@@ -158,11 +161,38 @@ impl Block {
     fn conf(&self) -> &S3 {
         self.signer.conf()
     }
+
+    /// Logs a connect that failed for want of a local resource: the first at once, then at
+    /// most one line a second with the count, so that a host out of descriptors under load
+    /// does not flood the error log.
+    fn shortage(&self, e: &io::Error) {
+        let (count, last) = self.shortages.get();
+        let count = count + 1;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            self.shortages.set((count, last));
+            return;
+        }
+        log::error!(
+            "s3 block \"{}\": connect: {e} on this host ({count} such failures); the \
+             addresses are not marked failed",
+            self.conf().name
+        );
+        self.shortages.set((0, Some(Instant::now())));
+    }
 }
 
 /// The most addresses one new connection tries, each within `connect_timeout`; a request
 /// whose connection fails is retried (`retries`) on the next ones.
 const CONNECT_TRIES: usize = 3;
+
+/// Connect failures that say this host ran out of something (descriptors, memory, local
+/// ports), not that the address is bad: they neither mark it failed nor try the next one.
+fn local_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
 
 /// Opens a new connection to `b`'s endpoint: its addresses in [`Addresses::candidates`]
 /// order, the next one after a refusal or a `connect_timeout`, among those that have not
@@ -182,6 +212,11 @@ async fn connect(timer: &Timer<'_>, b: &Block, stats: &Stats) -> Result<Transpor
             Ok(Ok(t)) => {
                 b.addresses.succeeded(addr);
                 return Ok(t);
+            }
+            Ok(Err(e)) if local_shortage(&e) => {
+                // Every address would fail alike, and none of them is to blame.
+                b.shortage(&e);
+                return Err(UpstreamError::new(ErrorKind::Connect(e)));
             }
             Ok(Err(e)) => last = UpstreamError::new(ErrorKind::Connect(e)),
             Err(_) => last = UpstreamError::new(ErrorKind::Timeout),
@@ -250,6 +285,7 @@ impl Upstream {
                     tls,
                     server_name,
                     seen: Cell::new(addresses.version()),
+                    shortages: Cell::new((0, None)),
                     addresses: Arc::clone(addresses),
                 })
             })
@@ -721,5 +757,39 @@ impl Upstream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_out_of_descriptors_memory_or_ports_is_not_the_addresses_fault() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(
+                local_shortage(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
+            libc::ETIMEDOUT,
+        ] {
+            assert!(
+                !local_shortage(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        let tls = io::Error::new(io::ErrorKind::InvalidData, "bad certificate");
+        assert!(!local_shortage(&tls));
     }
 }
