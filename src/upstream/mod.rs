@@ -173,8 +173,8 @@ impl Block {
             return;
         }
         log::error!(
-            "s3 block \"{}\": connect: {e} on this host ({count} such failures); the \
-             addresses are not marked failed",
+            "s3 block \"{}\": connect: {e} on this host ({count} such connects since the \
+             last line); the addresses are not marked failed",
             self.conf().name
         );
         self.shortages.set((0, Some(Instant::now())));
