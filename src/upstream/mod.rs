@@ -185,12 +185,14 @@ impl Block {
 /// whose connection fails is retried (`retries`) on the next ones.
 const CONNECT_TRIES: usize = 3;
 
-/// Connect failures that say this host ran out of something (descriptors, memory, local
-/// ports), not that the address is bad: they neither mark it failed nor try the next one.
+/// Connect failures that say this host ran out of descriptors or memory, not that the
+/// address is bad: they neither mark it failed nor try the next one. (`EADDRNOTAVAIL` is
+/// not among them: besides a lack of local ports it is what an IPv6 address can get on a
+/// host with no usable IPv6 source address, where the next, IPv4, address is the way out.)
 fn local_shortage(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
 
@@ -765,20 +767,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_host_out_of_descriptors_memory_or_ports_is_not_the_addresses_fault() {
-        for errno in [
-            libc::EMFILE,
-            libc::ENFILE,
-            libc::ENOBUFS,
-            libc::ENOMEM,
-            libc::EADDRNOTAVAIL,
-        ] {
+    fn a_host_out_of_descriptors_or_memory_is_not_the_addresses_fault() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
             assert!(
                 local_shortage(&io::Error::from_raw_os_error(errno)),
                 "{errno}"
             );
         }
         for errno in [
+            libc::EADDRNOTAVAIL,
             libc::ECONNREFUSED,
             libc::ENETUNREACH,
             libc::EHOSTUNREACH,
