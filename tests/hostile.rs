@@ -160,6 +160,39 @@ fn every_hostile_request_gets_its_status_and_the_server_goes_on() {
     }
 }
 
+/// tailgate under bash's `ulimit {limit}`, its stderr in `log`; returned once it listens.
+fn start_under_ulimit(
+    limit: &str,
+    conf_path: &std::path::Path,
+    log: &std::path::Path,
+) -> (Proc, std::net::SocketAddr) {
+    let child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit {limit} && exec {} serve -c {}",
+            env!("CARGO_BIN_EXE_tailgate"),
+            conf_path.display()
+        ))
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(a) = text.lines().find_map(|l| l.split("listening on ").nth(1)) {
+            break a.trim().parse::<std::net::SocketAddr>().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tailgate did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_for_port(addr, "tailgate");
+    (proc, addr)
+}
+
 #[test]
 fn worker_connections_and_the_fd_limit_refuse_cleanly() {
     use std::io::Read;
@@ -195,25 +228,7 @@ fn worker_connections_and_the_fd_limit_refuse_cleanly() {
     )
     .unwrap();
     let log = dir.path().join("error.log");
-    let child = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 40 && exec {} serve -c {}",
-            env!("CARGO_BIN_EXE_tailgate"),
-            conf_path.display()
-        ))
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(a) = text.lines().find_map(|l| l.split("listening on ").nth(1)) {
-            break a.trim().parse::<std::net::SocketAddr>().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    wait_for_port(addr, "tailgate");
+    let (mut proc, addr) = start_under_ulimit("-n 40", &conf_path, &log);
     // Connected before the flood, so that its request finds no descriptor for S3.
     let mut early = Client::connect(addr);
     let flood: Vec<std::net::TcpStream> = (0..100)
@@ -283,24 +298,8 @@ fn the_soft_fd_limit_is_raised_to_the_hard_one() {
     let conf_path = dir.path().join("t.conf");
     std::fs::write(&conf_path, conf(&s3.endpoint(), SK, "", "")).unwrap();
     let log = dir.path().join("error.log");
-    let child = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -Sn 64 && exec {} serve -c {}",
-            env!("CARGO_BIN_EXE_tailgate"),
-            conf_path.display()
-        ))
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("listening on ") {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (proc, _) = start_under_ulimit("-Sn 64", &conf_path, &log);
+    let text = std::fs::read_to_string(&log).unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", proc.0.id())).unwrap();
     assert_eq!(max_open(&limits), (hard.clone(), hard.clone()), "{limits}");
     assert!(
