@@ -56,13 +56,15 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
         let local = l
             .local_addr()
             .map_err(|e| ServeError::Io(format!("bind {addr}: {e}")))?;
-        log::info!("listening on {local}");
         addrs.push(local);
         first_listeners.push(l);
     }
     if let Some(pid) = &conf.pid {
-        std::fs::write(pid, format!("{}\n", std::process::id()))
-            .map_err(|e| ServeError::Io(format!("pid {}: {e}", pid.display())))?;
+        write_pid(pid).map_err(|e| ServeError::Io(format!("pid {}: {e}", pid.display())))?;
+    }
+    // Only now: whoever waits for these lines finds the pid file in place.
+    for local in &addrs {
+        log::info!("listening on {local}");
     }
     let threads = conf.worker_threads;
     let access = AccessLog::start(conf.http.access_log.as_deref());
@@ -129,6 +131,17 @@ pub fn run(path: &Path) -> Result<(), ServeError> {
         }
     }
     outcome.map_err(ServeError::Io)
+}
+
+/// Writes our pid to `path` by a rename, so that a reader never sees the file empty or
+/// half written.
+fn write_pid(path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Descriptors one client connection may hold at once: its own socket and one to S3.
@@ -319,5 +332,23 @@ mod tests {
         assert_eq!(fds_needed(2, 10240), 40_960);
         assert_eq!(fds_needed(1, 1), 2);
         assert_eq!(fds_needed(usize::MAX, usize::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn the_pid_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("tg-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tailgate.pid");
+        std::fs::write(&path, "stale and longer than a pid\n").unwrap();
+        write_pid(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
+        let missing = dir.join("no-such-dir").join("tailgate.pid");
+        assert!(write_pid(&missing).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
