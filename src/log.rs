@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::conf::{LogLevel, LogTarget};
 
@@ -70,6 +71,31 @@ macro_rules! info {
     ($($arg:tt)*) => { $crate::log::write($crate::conf::LogLevel::Info, format_args!($($arg)*)) };
 }
 pub(crate) use {error, info, warning};
+
+/// At most one line a second about a failure that may repeat thousands of times a second
+/// (a host out of descriptors): the first at once, then one a second with the count.
+#[derive(Clone, Copy, Default)]
+pub struct Throttle {
+    /// Failures noted since the last line.
+    pending: u64,
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    /// Notes one failure; `Some(n)` when a line is due, `n` failures since the last one
+    /// (this one included).
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
 
 // === access log ===
 
@@ -203,6 +229,18 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_says_once_a_second_how_many_it_held_back() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.note(t0), Some(1), "the first at once");
+        assert_eq!(t.note(t0 + Duration::from_millis(10)), None);
+        assert_eq!(t.note(t0 + Duration::from_millis(900)), None);
+        assert_eq!(t.note(t0 + Duration::from_millis(1000)), Some(3));
+        assert_eq!(t.note(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(t.note(t0 + Duration::from_secs(5)), Some(2));
+    }
 
     #[test]
     fn combined_format_with_upstream_fields() {

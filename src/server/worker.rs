@@ -254,8 +254,7 @@ fn runtime() -> tokio_uring::Builder {
 async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>) {
     // At the fd limit every accept fails: log the first failure, then at most one summary
     // line a second, so a sustained EMFILE does not flood the error log.
-    let mut failures: u64 = 0;
-    let mut last_logged: Option<Instant> = None;
+    let mut throttle = log::Throttle::default();
     loop {
         let accepted = listener.accept().await;
         // Draining shuts the listener down, which fails the pending accept; a connection
@@ -266,13 +265,11 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
             Ok(v) => v,
             Err(_) if draining => return,
             Err(e) => {
-                failures += 1;
-                if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if let Some(n) = throttle.note(Instant::now()) {
                     log::error!(
-                        "worker {}: accept: {e} ({failures} failed accepts so far)",
+                        "worker {}: accept: {e} ({n} failed accepts since the last line)",
                         worker.id
                     );
-                    last_logged = Some(Instant::now());
                 }
                 // EMFILE and friends: back off briefly rather than spin.
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -104,9 +104,8 @@ struct Block {
     /// `addresses`' version when this worker last closed idle connections to addresses
     /// that are gone.
     seen: Cell<u64>,
-    /// Connects that failed for want of a local resource since the last line about them,
-    /// and when that line was written.
-    shortages: Cell<(u64, Option<Instant>)>,
+    /// Lines about connects that failed for want of a local resource.
+    shortages: Cell<log::Throttle>,
 }
 
 /// A segment response whose head passed the checks; `remaining` body bytes are still to be
@@ -166,18 +165,16 @@ impl Block {
     /// most one line a second with the count, so that a host out of descriptors under load
     /// does not flood the error log.
     fn shortage(&self, e: &io::Error) {
-        let (count, last) = self.shortages.get();
-        let count = count + 1;
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            self.shortages.set((count, last));
-            return;
+        let mut throttle = self.shortages.get();
+        let due = throttle.note(Instant::now());
+        self.shortages.set(throttle);
+        if let Some(count) = due {
+            log::error!(
+                "s3 block \"{}\": connect: {e} on this host ({count} such connects since the \
+                 last line); the addresses are not marked failed",
+                self.conf().name
+            );
         }
-        log::error!(
-            "s3 block \"{}\": connect: {e} on this host ({count} such connects since the \
-             last line); the addresses are not marked failed",
-            self.conf().name
-        );
-        self.shortages.set((0, Some(Instant::now())));
     }
 }
 
@@ -287,7 +284,7 @@ impl Upstream {
                     tls,
                     server_name,
                     seen: Cell::new(addresses.version()),
-                    shortages: Cell::new((0, None)),
+                    shortages: Cell::new(log::Throttle::default()),
                     addresses: Arc::clone(addresses),
                 })
             })
