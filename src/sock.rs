@@ -14,6 +14,31 @@ pub fn socket_fd(sock: &TcpStream) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
 }
 
+/// Sets `TCP_NOTSENT_LOWAT`: a write to `sock` takes bytes only while fewer than `bytes` of
+/// those written before are still unsent, and the socket counts as writable again once
+/// fewer than half are. The rest of a write waits in tailgate's buffer instead of the socket's.
+/// `0` puts back the kernel's default (`net.ipv4.tcp_notsent_lowat`, no limit unless set).
+#[allow(unsafe_code)]
+pub fn set_notsent_lowat(sock: &TcpStream, bytes: u32) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open for as long as `sock` is borrowed; the option value is a
+    // C int that outlives the call, and its size is the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket_fd(sock).as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::from_ref(&v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Writes longer than this go to the ring.
 const SEND_NOW_MAX: usize = 16 * 1024;
 

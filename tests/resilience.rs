@@ -601,6 +601,98 @@ fn cut_after_send_timeout(mode: &str) {
     }
 }
 
+/// Bytes tailgate has written to the client at `client` (the client's own address) that
+/// its kernel has not sent yet, from `ss`; 0 when `ss` shows none.
+fn unsent_to(client: std::net::SocketAddr) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Htni", "dst", &client.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("notsent:"))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The most tailgate left unsent over `stall` to a client that read nothing after sending
+/// `req`, which is then read whole.
+fn most_unsent_while_stalled(
+    client: &mut Client,
+    me: std::net::SocketAddr,
+    req: &[u8],
+    stall: Duration,
+) -> (usize, Response) {
+    client.send(req);
+    let mut most = 0;
+    let until = Instant::now() + stall;
+    while Instant::now() < until {
+        most = most.max(unsent_to(me));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (most, client.response(false).unwrap())
+}
+
+/// In each relay mode with `extra_http`, on one connection with a small receive buffer:
+/// the most tailgate leaves unsent to the client while it stalls on a whole 12 MiB download,
+/// then on a 1 MiB range; both then arrive byte for byte.
+fn most_unsent_to_a_stalled_client(extra_http: &str) -> Vec<(usize, usize)> {
+    use socket2::{Domain, Socket, Type};
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "lw",
+        bytes(12 * MIB, 51),
+        vec![("ch", bytes(1000, 52))],
+    );
+    let full = pkg.full("ch");
+    let mut most = Vec::new();
+    for mode in MODES {
+        let tg = Tailgate::start(&conf(
+            &s3.endpoint(),
+            SK,
+            &format!("{extra_http} {mode}"),
+            "",
+        ));
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&tg.addr.into()).unwrap();
+        let me = sock.local_addr().unwrap().as_socket().unwrap();
+        let mut client = Client::on(sock.into());
+        let stall = Duration::from_millis(1500);
+        let whole = request("GET", "/apk/lw/ch.apk", &[]);
+        let (long, r) = most_unsent_while_stalled(&mut client, me, &whole, stall);
+        assert!(r.body == full, "{mode}: body differs");
+        let range = request("GET", "/apk/lw/ch.apk", &[("Range", "bytes=0-1048575")]);
+        let (short, r) = most_unsent_while_stalled(&mut client, me, &range, stall);
+        assert!(
+            r.status == 206 && r.body == full[..MIB],
+            "{mode}: range differs"
+        );
+        most.push((long, short));
+    }
+    most
+}
+
+#[test]
+fn tcp_notsent_lowat_keeps_a_stalled_clients_bytes_out_of_the_kernel_on_long_bodies() {
+    // The limit is checked before each new socket buffer (up to 64 KiB on loopback), so
+    // the kernel may hold one more.
+    let bound = 16 * 1024 + 64 * 1024;
+    let on = most_unsent_to_a_stalled_client("tcp_notsent_lowat 16k;");
+    let off = most_unsent_to_a_stalled_client("");
+    for ((mode, (long, short)), (long_off, _)) in MODES.iter().zip(on).zip(off) {
+        assert!(long <= bound, "{mode}: {long} bytes unsent with the limit");
+        assert!(
+            short > 2 * bound,
+            "{mode}: the limit stayed on for a 1 MiB body ({short})"
+        );
+        assert!(
+            long_off > 2 * bound,
+            "{mode}: only {long_off} bytes unsent without it"
+        );
+    }
+}
+
 #[test]
 fn a_pooled_connection_closed_just_after_its_response_is_replaced() {
     // The gateway closes idle connections 200 ms after a response: well inside the second

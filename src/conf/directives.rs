@@ -138,6 +138,7 @@ const SPECS: &[Spec] = &[
     d("relay_buffer_size", Ctx::Http, 1, 1),
     d("relay_splice", Ctx::Http, 1, 1),
     d("relay_large_buffers", Ctx::Http, 2, 2),
+    d("tcp_notsent_lowat", Ctx::Http, 1, 1),
     d("manifest_cache_ttl", Ctx::Http, 1, 1),
     d("manifest_cache_size", Ctx::Http, 1, 1),
     d("max_ranges", Ctx::Http, 1, 1),
@@ -348,6 +349,7 @@ fn http(node: &Node) -> Result<Http, Error> {
             None => (0, 1 << 20),
         },
         relay_splice: value(nodes, "relay_splice", false, flag)?,
+        tcp_notsent_lowat: value(nodes, "tcp_notsent_lowat", None, notsent_lowat)?,
         manifest_cache_ttl: value(nodes, "manifest_cache_ttl", secs(5), time)?,
         manifest_cache_size: value(nodes, "manifest_cache_size", 1024, number)?,
         max_ranges: value(nodes, "max_ranges", 16, positive)?,
@@ -496,6 +498,18 @@ fn flag(v: &str) -> Result<bool, String> {
         "on" => Ok(true),
         "off" => Ok(false),
         _ => Err(format!("invalid value \"{v}\" (on or off)")),
+    }
+}
+
+/// `off`, or a size from 1 byte to 1 GiB (`TCP_NOTSENT_LOWAT` takes a C int).
+fn notsent_lowat(v: &str) -> Result<Option<u32>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    let n = size(v)?;
+    match u32::try_from(n) {
+        Ok(n @ 1..=0x4000_0000) => Ok(Some(n)),
+        _ => Err(format!("\"{v}\" must be off or from 1 to 1g")),
     }
 }
 
@@ -724,6 +738,25 @@ mod tests {
         assert_eq!(
             with("500ms").unwrap_err().to_string(),
             "t.conf:4: interval \"500ms\" is below the minimum 1s in \"resolve_interval\" directive"
+        );
+    }
+
+    #[test]
+    fn tcp_notsent_lowat_is_a_size_up_to_a_gigabyte_or_off() {
+        let with = |v: &str| conf(&format!("listen 1;\ntcp_notsent_lowat {v}; {S3}"));
+        let lowat = |v: &str| with(v).map(|c| c.http.tcp_notsent_lowat);
+        assert_eq!(lowat("off").ok(), Some(None));
+        assert_eq!(lowat("128k").ok(), Some(Some(128 << 10)));
+        assert_eq!(lowat("1g").ok(), Some(Some(1 << 30)));
+        for bad in ["0", "2g"] {
+            assert_eq!(
+                with(bad).unwrap_err().to_string(),
+                format!("t.conf:3: \"{bad}\" must be off or from 1 to 1g in \"tcp_notsent_lowat\" directive")
+            );
+        }
+        assert_eq!(
+            with("lots").unwrap_err().to_string(),
+            "t.conf:3: invalid size \"lots\" in \"tcp_notsent_lowat\" directive"
         );
     }
 

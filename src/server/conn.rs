@@ -37,6 +37,9 @@ use super::worker::{State, Worker};
 /// The head buffer of a new or idle connection; it grows up to client_header_buffer_size.
 const INITIAL_HEAD_BUFFER: usize = 256;
 
+/// Bodies of this length or more are sent under `tcp_notsent_lowat`.
+const LOWAT_MIN_BODY: u64 = 2 << 20;
+
 /// Why a request could not be served as asked.
 #[derive(Debug)]
 pub(super) enum Failure {
@@ -770,10 +773,20 @@ async fn serve_composite(
         pipes: st.conf.http.relay_splice.then_some(&st.pipes),
         large: &st.large,
     };
+    // A long body is sent with the client socket's unsent bytes limited (and the limit
+    // lifted after it): short ones measured slower with it, see `tcp_notsent_lowat`.
+    let lowat = (st.conf.http.tcp_notsent_lowat)
+        .filter(|_| resp.content_length.is_some_and(|n| n >= LOWAT_MIN_BODY));
+    if let Some(bytes) = lowat {
+        let _ = sock::set_notsent_lowat(client.stream, bytes);
+    }
     let mut stats = RelayStats::default();
     let (res, buf) = relay
         .run(&mut head, pieces, st.buffers.take(), &mut stats)
         .await;
+    if lowat.is_some() {
+        let _ = sock::set_notsent_lowat(client.stream, 0);
+    }
     st.buffers.give(buf);
     st.heads.give(head);
     if stats.resumes > 0 {

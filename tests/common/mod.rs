@@ -434,7 +434,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::on(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client on a stream connected already (say, with socket options of the test's).
+    pub fn on(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
