@@ -775,8 +775,8 @@ async fn serve_composite(
     };
     // A long body is sent with the client socket's unsent bytes limited (and the limit
     // lifted after it): short ones measured slower with it, see `tcp_notsent_lowat`.
-    let lowat = (st.conf.http.tcp_notsent_lowat)
-        .filter(|_| resp.content_length.is_some_and(|n| n >= LOWAT_MIN_BODY));
+    let long = resp.content_length.is_some_and(|n| n >= LOWAT_MIN_BODY);
+    let lowat = st.conf.http.tcp_notsent_lowat.filter(|_| long);
     if let Some(bytes) = lowat {
         let _ = sock::set_notsent_lowat(client.stream, bytes);
     }
