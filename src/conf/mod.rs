@@ -71,8 +71,9 @@ pub struct Http {
     pub relay_large_buffers: (usize, usize),
     /// Plain-HTTP bodies move socket to socket through a pipe (`splice`).
     pub relay_splice: bool,
-    /// `TCP_NOTSENT_LOWAT` of client sockets: how many written bytes may wait unsent in the
-    /// kernel before a write to the client waits; `None` leaves the kernel's default.
+    /// `TCP_NOTSENT_LOWAT` of a client socket while a long body is sent to it: how many
+    /// written bytes may wait unsent in the kernel before a write waits; `None` leaves the
+    /// kernel's default.
     pub tcp_notsent_lowat: Option<u32>,
     pub manifest_cache_ttl: Duration,
     pub manifest_cache_size: usize,
