@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -603,7 +604,7 @@ fn cut_after_send_timeout(mode: &str) {
 
 /// Bytes tailgate has written to the client at `client` (the client's own address) that
 /// its kernel has not sent yet, from `ss`; 0 when `ss` shows none.
-fn unsent_to(client: std::net::SocketAddr) -> usize {
+fn unsent_to(client: SocketAddr) -> usize {
     let out = std::process::Command::new("ss")
         .args(["-Htni", "dst", &client.to_string()])
         .output()
@@ -618,7 +619,7 @@ fn unsent_to(client: std::net::SocketAddr) -> usize {
 /// `req`, which is then read whole.
 fn most_unsent_while_stalled(
     client: &mut Client,
-    me: std::net::SocketAddr,
+    me: SocketAddr,
     req: &[u8],
     stall: Duration,
 ) -> (usize, Response) {
