@@ -78,6 +78,7 @@ pub struct Stats {
     pub tail_cache_bytes: AtomicI64,
     pub spliced_bytes: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub connects: AtomicU64,
     /// Microseconds.
     durations: Mutex<Histogram<u64>>,
     first_byte: Mutex<Histogram<u64>>,
@@ -112,6 +113,7 @@ impl Default for Stats {
             tail_cache_bytes: AtomicI64::new(0),
             spliced_bytes: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
             durations: Mutex::new(histogram()),
             first_byte: Mutex::new(histogram()),
         }
@@ -283,6 +285,12 @@ impl Registry {
             "tailgate_upstream_connect_failures_total",
             "Connections to an upstream address refused, unreachable or timed out (the request may have gone on to the next address).",
             self.sum(|s| l(&s.connect_failures)),
+        );
+        counter(
+            &mut out,
+            "tailgate_upstream_connections_opened_total",
+            "Connections to S3 opened (and, over HTTPS, handshaken): requests the keep-alive pool could not serve.",
+            self.sum(|s| l(&s.connects)),
         );
         counter(
             &mut out,

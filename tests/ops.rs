@@ -212,6 +212,10 @@ print(json.dumps(out))
     assert_eq!(get("tailgate_upstream_resumes_total{}"), 0.0);
     assert_eq!(get("tailgate_truncations_total{}"), 0.0);
     assert_eq!(get("tailgate_upstream_connect_failures_total{}"), 0.0);
+    // One request after another: each of the two workers opened at most one connection to S3
+    // and every later S3 request found it in the pool.
+    let opened = get("tailgate_upstream_connections_opened_total{}");
+    assert!((1.0..=2.0).contains(&opened), "{opened} connections opened");
     assert!(get("tailgate_upstream_pool_connections{\"state\": \"idle\"}") >= 1.0);
     assert_eq!(
         get("tailgate_upstream_pool_connections{\"state\": \"active\"}"),

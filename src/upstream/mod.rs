@@ -210,6 +210,9 @@ async fn connect(timer: &Timer<'_>, b: &Block, stats: &Stats) -> Result<Transpor
         match timer.within(b.conf().connect_timeout, attempt).await {
             Ok(Ok(t)) => {
                 b.addresses.succeeded(addr);
+                stats
+                    .connects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(t);
             }
             Ok(Err(e)) if local_shortage(&e) => {
