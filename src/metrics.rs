@@ -78,7 +78,7 @@ pub struct Stats {
     pub tail_cache_bytes: AtomicI64,
     pub spliced_bytes: AtomicU64,
     pub connect_failures: AtomicU64,
-    pub connects: AtomicU64,
+    pub connections_opened: AtomicU64,
     /// Microseconds.
     durations: Mutex<Histogram<u64>>,
     first_byte: Mutex<Histogram<u64>>,
@@ -113,7 +113,7 @@ impl Default for Stats {
             tail_cache_bytes: AtomicI64::new(0),
             spliced_bytes: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
-            connects: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
             durations: Mutex::new(histogram()),
             first_byte: Mutex::new(histogram()),
         }
@@ -290,7 +290,7 @@ impl Registry {
             &mut out,
             "tailgate_upstream_connections_opened_total",
             "Connections to S3 opened (and, over HTTPS, handshaken): requests the keep-alive pool could not serve.",
-            self.sum(|s| l(&s.connects)),
+            self.sum(|s| l(&s.connections_opened)),
         );
         counter(
             &mut out,

@@ -211,7 +211,7 @@ async fn connect(timer: &Timer<'_>, b: &Block, stats: &Stats) -> Result<Transpor
             Ok(Ok(t)) => {
                 b.addresses.succeeded(addr);
                 stats
-                    .connects
+                    .connections_opened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(t);
             }
