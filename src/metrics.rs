@@ -71,6 +71,7 @@ pub struct Stats {
     upstream: Vec<AtomicU64>,
     pub resumes: AtomicU64,
     pub truncations: AtomicU64,
+    pub slow_clients: AtomicU64,
     pub pool_idle: AtomicI64,
     pub pool_active: AtomicI64,
     pub tail_cache_hits: AtomicU64,
@@ -106,6 +107,7 @@ impl Default for Stats {
                 .collect(),
             resumes: AtomicU64::new(0),
             truncations: AtomicU64::new(0),
+            slow_clients: AtomicU64::new(0),
             pool_idle: AtomicI64::new(0),
             pool_active: AtomicI64::new(0),
             tail_cache_hits: AtomicU64::new(0),
@@ -297,6 +299,12 @@ impl Registry {
             "tailgate_truncations_total",
             "Responses cut short, their connection closed.",
             self.sum(|s| l(&s.truncations)),
+        );
+        counter(
+            &mut out,
+            "tailgate_slow_client_responses_total",
+            "Responses whose client took 1 s or more for one write; the rest went through a 64 KiB buffer.",
+            self.sum(|s| l(&s.slow_clients)),
         );
         counter(
             &mut out,

@@ -723,3 +723,51 @@ fn a_pooled_connection_closed_just_after_its_response_is_replaced() {
         tg.log()
     );
 }
+
+#[test]
+fn a_slow_client_goes_on_through_a_small_buffer_and_gets_every_byte() {
+    use socket2::{Domain, Socket, Type};
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "sl", bytes(4 * MIB, 61), vec![("ch", bytes(1000, 62))]);
+    let full = pkg.full("ch");
+    for mode in MODES {
+        // Little kernel buffering on either side, so tailgate's writes wait on the reader.
+        let tg = Tailgate::start(&conf(
+            &s3.endpoint(),
+            SK,
+            &format!("relay_buffer_size 256k; tcp_notsent_lowat 16k; {mode}"),
+            "",
+        ));
+        let fast = tg.get("/apk/sl/ch.apk", &[]);
+        assert!(fast.body == full, "{mode}: fast body differs");
+        let metric = "tailgate_slow_client_responses_total ";
+        assert_eq!(tg.metric(metric), 0, "{mode}: a fast client counted slow");
+
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&tg.addr.into()).unwrap();
+        let mut client = Client::on(sock.into());
+        client.send(&request("GET", "/apk/sl/ch.apk", &[]));
+        // About 80 KB/s for 3.5 s: a 128 KiB or 256 KiB write takes well over a second.
+        let step = Duration::from_millis(100);
+        client.trickle(8 * 1024, step, Duration::from_millis(3500));
+        let r = client.response(false).unwrap();
+        assert_eq!(r.status, 200, "{mode}");
+        assert!(r.body == full, "{mode}: slow body differs");
+        // Spliced bodies use no buffer past their first bytes.
+        let slow = tg.metric(metric);
+        if mode.contains("relay_splice on") {
+            assert!(slow <= 1, "{mode}: {slow}");
+        } else {
+            assert_eq!(slow, 1, "{mode}: the slow client was not seen");
+        }
+        // The worker's buffers still serve the next fast client byte for byte.
+        assert!(tg.get("/apk/sl/ch.apk", &[]).body == full, "{mode}");
+        assert!(
+            tg.get("/apk/sl/ch.apk", &[("Range", "bytes=100-400099")])
+                .body
+                == full[100..400_100],
+            "{mode}"
+        );
+    }
+}

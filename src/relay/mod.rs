@@ -61,6 +61,9 @@ pub struct Stats {
     /// When the first response byte (with the head) was written; `None` while nothing was,
     /// so a failure can still be answered with an error status.
     pub first_write: Option<Instant>,
+    /// One write to the client took [`SLOW_CLIENT_WRITE`] or longer: the rest of the response
+    /// moved through a buffer of [`SLOW_CLIENT_BUFFER`].
+    pub slow_client: bool,
 }
 
 /// A whole tail being read for the tail cache; its room in the cache's budget is given
@@ -106,6 +109,8 @@ pub struct Relay<'a> {
     pub pipes: Option<&'a RefCell<Pipes>>,
     /// The worker's large buffers (`relay_large_buffers`).
     pub large: &'a LargeBuffers,
+    /// The worker's idle relay buffers, where a slow client's transfer gives its buffer back.
+    pub buffers: &'a Buffers,
 }
 
 /// A worker's idle buffers of one size (relay buffers of `relay_buffer_size`, response
@@ -200,6 +205,16 @@ impl Drop for LargeSlot<'_> {
         self.pool.free.set(self.pool.free.get() + 1);
     }
 }
+
+/// A write to the client that takes this long (the client reads less than a relay buffer
+/// a second) moves the rest of the response to a buffer of [`SLOW_CLIENT_BUFFER`]: the relay
+/// or large buffer goes back to the worker for clients that can use it, so the memory many
+/// slow downloads hold is theirs to drain, not `relay_buffer_size` each.
+const SLOW_CLIENT_WRITE: Duration = Duration::from_secs(1);
+
+/// The buffer a slow client's transfer continues with (above the 37 KiB a TLS record needs
+/// to be opened in place).
+const SLOW_CLIENT_BUFFER: usize = 64 * 1024;
 
 /// How long body bytes already read may wait for more to be gathered behind them.
 const GATHER_WINDOW: Duration = Duration::from_millis(2);
@@ -312,13 +327,34 @@ impl Relay<'_> {
         // A long fetch moves through one of the worker's large buffers when one is free
         // (unless it is spliced: then no buffer carries its body).
         let len = f.end.saturating_sub(f.start);
-        let slot = (!self.splices(len)).then(|| self.large.take(len)).flatten();
+        let long = !stats.slow_client && !self.splices(len);
+        let slot = long.then(|| self.large.take(len)).flatten();
         if let Some(slot) = slot {
             let large = Vec::with_capacity(slot.size());
-            let (res, _) = self.stream(f, (seg, kind), pending, large, stats).await;
+            let (res, back) = self
+                .stream(f, (seg, kind), pending, (large, Some(slot)), stats)
+                .await;
+            if stats.slow_client {
+                // Later fetches of this response go on in the small buffer.
+                self.buffers.give(buf);
+                return (res, back);
+            }
             return (res, buf);
         }
-        self.stream(f, (seg, kind), pending, buf, stats).await
+        let buf = self.for_client(buf, &mut None, stats);
+        self.stream(f, (seg, kind), pending, (buf, None), stats)
+            .await
+    }
+
+    /// `buf`, or, once the client has shown itself slow, an empty small buffer in its place:
+    /// a relay buffer goes back to the worker's pool, a large one is freed with its slot.
+    fn for_client(&self, buf: Vec<u8>, slot: &mut Option<LargeSlot<'_>>, stats: &Stats) -> Vec<u8> {
+        if !stats.slow_client || !buf.is_empty() || buf.capacity() <= SLOW_CLIENT_BUFFER {
+            return buf;
+        }
+        *slot = None;
+        self.buffers.give(buf);
+        Vec::with_capacity(SLOW_CLIENT_BUFFER)
     }
 
     /// Streams a fetch from upstream through `buf`, with retries and resume: `pos` is the
@@ -328,7 +364,7 @@ impl Relay<'_> {
         f: Fetch,
         (seg, kind): (&Segment, Kind),
         pending: &mut Vec<u8>,
-        buf: Vec<u8>,
+        (buf, mut slot): (Vec<u8>, Option<LargeSlot<'_>>),
         stats: &mut Stats,
     ) -> (Result<End, UpstreamError>, Vec<u8>) {
         let mut buf = buf;
@@ -382,13 +418,18 @@ impl Relay<'_> {
             };
             loop {
                 // The bytes in `buf` are good even when the read after them fails.
+                let began = Instant::now();
                 let (sent, back) = self.send(buf, from, pending, stats).await;
                 buf = back;
-                from = buf.len();
                 let Ok(n) = sent else {
                     self.upstream.discard(body);
                     return (Ok(End::ClientGone), buf);
                 };
+                if n > 0 && began.elapsed() >= SLOW_CLIENT_WRITE {
+                    stats.slow_client = true;
+                }
+                buf = self.for_client(buf, &mut slot, stats);
+                from = buf.len();
                 pos = pos.saturating_add(n);
                 stats.upstream_bytes = stats.upstream_bytes.saturating_add(n);
                 if body.remaining() == 0 {

@@ -463,6 +463,21 @@ impl Client {
         }
     }
 
+    /// Reads at most `chunk` bytes every `every` for `span`, a client that drains slowly; the
+    /// bytes are kept for the next `response`.
+    pub fn trickle(&mut self, chunk: usize, every: Duration, span: Duration) {
+        let until = Instant::now() + span;
+        let mut piece = vec![0u8; chunk];
+        while Instant::now() < until {
+            match self.stream.read(&mut piece) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => self.buf.extend_from_slice(&piece[..n]),
+            }
+            #[allow(clippy::disallowed_methods)] // a test's client thread, not a worker
+            std::thread::sleep(every);
+        }
+    }
+
     /// Reads one response (`head_only` for HEAD). `None` when the connection ends first.
     /// A body shorter than Content-Length is returned short (truncation is visible).
     pub fn response(&mut self, head_only: bool) -> Option<Response> {
