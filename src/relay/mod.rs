@@ -325,23 +325,23 @@ impl Relay<'_> {
             }
         }
         // A long fetch moves through one of the worker's large buffers when one is free
-        // (unless it is spliced: then no buffer carries its body).
+        // (unless it is spliced: then no buffer carries its body, or the client is slow).
         let len = f.end.saturating_sub(f.start);
-        let long = !stats.slow_client && !self.splices(len);
-        let slot = long.then(|| self.large.take(len)).flatten();
+        let buffered = !stats.slow_client && !self.splices(len);
+        let slot = buffered.then(|| self.large.take(len)).flatten();
         if let Some(slot) = slot {
             let large = Vec::with_capacity(slot.size());
             let (res, back) = self
                 .stream(f, (seg, kind), pending, (large, Some(slot)), stats)
                 .await;
-            if stats.slow_client {
-                // Later fetches of this response go on in the small buffer.
+            if back.capacity() <= SLOW_CLIENT_BUFFER {
+                // The client turned out slow: later fetches of this response go on in the
+                // small buffer.
                 self.buffers.give(buf);
                 return (res, back);
             }
             return (res, buf);
         }
-        let buf = self.for_client(buf, &mut None, stats);
         self.stream(f, (seg, kind), pending, (buf, None), stats)
             .await
     }
