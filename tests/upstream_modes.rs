@@ -1,6 +1,7 @@
 //! The S3 side's other shapes: HTTPS through rustls (TLS 1.3 and 1.2, a private CA given by
 //! `tls_ca_file`, a wrong CA refused, sessions resumed, resets, closes without close_notify
-//! and stalls mid-body resumed or made loud) and virtual-hosted addressing.
+//! and stalls mid-body resumed or made loud, a slow client's records opened in the small
+//! buffer its transfer moves to) and virtual-hosted addressing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -217,4 +218,46 @@ fn virtual_hosted_addressing_puts_the_bucket_in_the_host() {
     let r = tg.get("/apk/vh/a.apk", &[("Range", "bytes=299990-300009")]);
     assert_eq!(r.status, 206, "{}", tg.log());
     assert_eq!(r.body, pkg.full("a")[299_990..300_010]);
+}
+
+#[test]
+fn a_slow_client_over_https_gets_every_byte_through_the_small_buffer() {
+    use socket2::{Domain, Socket, Type};
+    let s3 = S3::start();
+    let pkg = upload_package(
+        &s3,
+        "ts",
+        bytes(4 * MIB as usize, 81),
+        vec![("a", bytes(1000, 82))],
+    );
+    let full = pkg.full("a");
+    let certs = TempDir::new("certs");
+    make_certs(certs.path(), "gw");
+    let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
+    for protocols in ["TLSv1.3", "TLSv1.2"] {
+        let gw = tls_gateway(&s3, certs.path(), protocols, "");
+        let tg = Tailgate::start(&conf(
+            &format!("https://{}", gw.addr),
+            SK,
+            "relay_buffer_size 256k; tcp_notsent_lowat 16k;",
+            &ca,
+        ));
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&tg.addr.into()).unwrap();
+        let mut client = Client::on(sock.into());
+        client.send(&request("GET", "/apk/ts/a.apk", &[]));
+        // About 80 KB/s for 3.5 s, then at full speed: records are opened in place in the
+        // relay buffer, then in the 64 KiB one that replaces it.
+        let step = Duration::from_millis(100);
+        client.trickle(8 * 1024, step, Duration::from_millis(3500));
+        let r = client.response(false).unwrap();
+        assert_eq!(r.status, 200, "{protocols}");
+        assert!(r.body == full, "{protocols}: body differs");
+        assert_eq!(
+            tg.metric("tailgate_slow_client_responses_total "),
+            1,
+            "{protocols}"
+        );
+    }
 }
