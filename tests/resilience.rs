@@ -637,7 +637,6 @@ fn most_unsent_while_stalled(
 /// the most tailgate leaves unsent to the client while it stalls on a whole 12 MiB download,
 /// then on a 1 MiB range; both then arrive byte for byte.
 fn most_unsent_to_a_stalled_client(extra_http: &str) -> Vec<(usize, usize)> {
-    use socket2::{Domain, Socket, Type};
     let s3 = S3::start();
     let pkg = upload_package(
         &s3,
@@ -654,11 +653,8 @@ fn most_unsent_to_a_stalled_client(extra_http: &str) -> Vec<(usize, usize)> {
             &format!("{extra_http} {mode}"),
             "",
         ));
-        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        sock.connect(&tg.addr.into()).unwrap();
-        let me = sock.local_addr().unwrap().as_socket().unwrap();
-        let mut client = Client::on(sock.into());
+        let mut client = Client::narrow(tg.addr);
+        let me = client.stream.local_addr().unwrap();
         let stall = Duration::from_millis(1500);
         let whole = request("GET", "/apk/lw/ch.apk", &[]);
         let (long, r) = most_unsent_while_stalled(&mut client, me, &whole, stall);
@@ -726,7 +722,6 @@ fn a_pooled_connection_closed_just_after_its_response_is_replaced() {
 
 #[test]
 fn a_slow_client_goes_on_through_a_small_buffer_and_gets_every_byte() {
-    use socket2::{Domain, Socket, Type};
     let s3 = S3::start();
     let pkg = upload_package(&s3, "sl", bytes(4 * MIB, 61), vec![("ch", bytes(1000, 62))]);
     let full = pkg.full("ch");
@@ -743,15 +738,8 @@ fn a_slow_client_goes_on_through_a_small_buffer_and_gets_every_byte() {
         let metric = "tailgate_slow_client_responses_total ";
         assert_eq!(tg.metric(metric), 0, "{mode}: a fast client counted slow");
 
-        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        sock.connect(&tg.addr.into()).unwrap();
-        let mut client = Client::on(sock.into());
-        client.send(&request("GET", "/apk/sl/ch.apk", &[]));
-        // About 80 KB/s for 3.5 s: a 128 KiB or 256 KiB write takes well over a second.
-        let step = Duration::from_millis(100);
-        client.trickle(8 * 1024, step, Duration::from_millis(3500));
-        let r = client.response(false).unwrap();
+        // The 128 KiB large buffer and the 256 KiB relay buffer both take over a second.
+        let r = Client::narrow(tg.addr).slow_get("/apk/sl/ch.apk");
         assert_eq!(r.status, 200, "{mode}");
         assert!(r.body == full, "{mode}: slow body differs");
         // Spliced bodies use no buffer past their first bytes.

@@ -463,6 +463,28 @@ impl Client {
         }
     }
 
+    /// A client whose socket has a 16 KiB receive buffer, so the server's writes wait on
+    /// its reads rather than filling a large window.
+    pub fn narrow(addr: SocketAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        Client::on(sock.into())
+    }
+
+    /// GETs `path` and reads the response at about 80 KB/s for 3.5 s, then at full speed:
+    /// on a narrow client, a write of 128 KiB or more to it takes over a second.
+    pub fn slow_get(&mut self, path: &str) -> Response {
+        self.send(&request("GET", path, &[]));
+        self.trickle(
+            8 * 1024,
+            Duration::from_millis(100),
+            Duration::from_millis(3500),
+        );
+        self.response(false).unwrap()
+    }
+
     /// Reads at most `chunk` bytes every `every` for `span`, a client that drains slowly; the
     /// bytes are kept for the next `response`.
     pub fn trickle(&mut self, chunk: usize, every: Duration, span: Duration) {
