@@ -72,6 +72,8 @@ pub struct Stats {
     pub resumes: AtomicU64,
     pub truncations: AtomicU64,
     pub slow_clients: AtomicU64,
+    /// Bytes of relay buffers held by responses in progress (not the idle pool).
+    pub relay_buffer_bytes: AtomicI64,
     pub pool_idle: AtomicI64,
     pub pool_active: AtomicI64,
     pub tail_cache_hits: AtomicU64,
@@ -108,6 +110,7 @@ impl Default for Stats {
             resumes: AtomicU64::new(0),
             truncations: AtomicU64::new(0),
             slow_clients: AtomicU64::new(0),
+            relay_buffer_bytes: AtomicI64::new(0),
             pool_idle: AtomicI64::new(0),
             pool_active: AtomicI64::new(0),
             tail_cache_hits: AtomicU64::new(0),
@@ -328,6 +331,11 @@ impl Registry {
             out,
             "# HELP tailgate_tail_cache_bytes Tail bytes held in the tail cache.\n# TYPE tailgate_tail_cache_bytes gauge\ntailgate_tail_cache_bytes {}",
             self.sum_i(|s| g(&s.tail_cache_bytes))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tailgate_relay_buffer_bytes Relay buffers held by responses in progress (relay, large or slow-client buffers; idle ones not counted).\n# TYPE tailgate_relay_buffer_bytes gauge\ntailgate_relay_buffer_bytes {}",
+            self.sum_i(|s| g(&s.relay_buffer_bytes))
         );
         let _ = writeln!(out, "# HELP tailgate_upstream_pool_connections Upstream connections, idle in the pool or in use.");
         let _ = writeln!(out, "# TYPE tailgate_upstream_pool_connections gauge");

@@ -738,17 +738,45 @@ fn a_slow_client_goes_on_through_a_small_buffer_and_gets_every_byte() {
         let metric = "tailgate_slow_client_responses_total ";
         assert_eq!(tg.metric(metric), 0, "{mode}: a fast client counted slow");
 
-        // The 128 KiB large buffer and the 256 KiB relay buffer both take over a second.
-        let r = Client::narrow(tg.addr).slow_get("/apk/sl/ch.apk");
+        // The 128 KiB large buffer and the 256 KiB relay buffer both take over a second to
+        // drain at about 80 KB/s; what the response holds is read while it is under way.
+        let gauge = "tailgate_relay_buffer_bytes ";
+        let mut client = Client::narrow(tg.addr);
+        client.send(&request("GET", "/apk/sl/ch.apk", &[]));
+        let step = Duration::from_millis(100);
+        client.trickle(8 * 1024, step, Duration::from_millis(500));
+        let before = tg.metric(gauge);
+        // The first write may go mostly to the kernel; the second one is slow for sure.
+        let spliced_mode = mode.contains("relay_splice on");
+        let mut after = before;
+        for _ in 0..if spliced_mode { 4 } else { 20 } {
+            client.trickle(8 * 1024, step, Duration::from_millis(500));
+            after = tg.metric(gauge);
+            if after == 64 * 1024 {
+                break;
+            }
+        }
+        let r = client.response(false).unwrap();
         assert_eq!(r.status, 200, "{mode}");
         assert!(r.body == full, "{mode}: slow body differs");
-        // Spliced bodies use no buffer past their first bytes.
         let slow = tg.metric(metric);
-        if mode.contains("relay_splice on") {
+        if spliced_mode {
+            // Spliced bodies use no buffer past their first bytes.
             assert!(slow <= 1, "{mode}: {slow}");
+            assert!(
+                after <= before && before <= 256 * 1024,
+                "{mode}: {before} {after}"
+            );
         } else {
             assert_eq!(slow, 1, "{mode}: the slow client was not seen");
+            let first = if mode.contains("large") { 128 } else { 256 } * 1024;
+            assert_eq!(
+                (before, after),
+                (first, 64 * 1024),
+                "{mode}: buffer bytes held"
+            );
         }
+        tg.wait_for_metric(gauge, 0);
         // The worker's buffers still serve the next fast client byte for byte.
         assert!(tg.get("/apk/sl/ch.apk", &[]).body == full, "{mode}");
         assert!(

@@ -15,6 +15,7 @@ pub mod splice;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -111,6 +112,8 @@ pub struct Relay<'a> {
     pub large: &'a LargeBuffers,
     /// The worker's idle relay buffers, where a slow client's transfer gives its buffer back.
     pub buffers: &'a Buffers,
+    /// What the response's buffer counts in the worker's gauge.
+    pub held: &'a Held<'a>,
 }
 
 /// A worker's idle buffers of one size (relay buffers of `relay_buffer_size`, response
@@ -153,6 +156,37 @@ impl Buffers {
             buf.clear();
             idle.push(buf);
         }
+    }
+}
+
+/// The capacity of the one buffer a response holds at a time, counted in a worker's gauge
+/// (`tailgate_relay_buffer_bytes`) for as long as the response lasts.
+pub struct Held<'a> {
+    gauge: &'a AtomicI64,
+    bytes: Cell<i64>,
+}
+
+impl<'a> Held<'a> {
+    pub fn new(gauge: &'a AtomicI64, bytes: usize) -> Held<'a> {
+        let held = Held {
+            gauge,
+            bytes: Cell::new(0),
+        };
+        held.set(bytes);
+        held
+    }
+
+    /// The response now holds a buffer of `bytes` instead.
+    fn set(&self, bytes: usize) {
+        let now = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.gauge
+            .fetch_add(now - self.bytes.replace(now), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 
@@ -330,17 +364,21 @@ impl Relay<'_> {
         let buffered = !stats.slow_client && !self.splices(len);
         let slot = buffered.then(|| self.large.take(len)).flatten();
         if let Some(slot) = slot {
+            // One buffer at a time: the relay buffer waits in the pool meanwhile.
+            self.buffers.give(buf);
             let large = Vec::with_capacity(slot.size());
+            self.held.set(large.capacity());
             let (res, back) = self
                 .stream(f, (seg, kind), pending, (large, Some(slot)), stats)
                 .await;
-            if back.capacity() <= SLOW_CLIENT_BUFFER {
-                // The client turned out slow: later fetches of this response go on in the
-                // small buffer.
-                self.buffers.give(buf);
-                return (res, back);
-            }
-            return (res, buf);
+            // A slow client's later fetches go on in the small buffer it moved to.
+            let next = if back.capacity() <= SLOW_CLIENT_BUFFER {
+                back
+            } else {
+                self.buffers.take()
+            };
+            self.held.set(next.capacity());
+            return (res, next);
         }
         self.stream(f, (seg, kind), pending, (buf, None), stats)
             .await
@@ -354,7 +392,9 @@ impl Relay<'_> {
         }
         *slot = None;
         self.buffers.give(buf);
-        Vec::with_capacity(SLOW_CLIENT_BUFFER)
+        let small = Vec::with_capacity(SLOW_CLIENT_BUFFER);
+        self.held.set(small.capacity());
+        small
     }
 
     /// Streams a fetch from upstream through `buf`, with retries and resume: `pos` is the

@@ -25,7 +25,7 @@ use crate::object::conditional::{self, Outcome, Preconditions};
 use crate::object::manifest::{Cache, Lookup, Manifest, MAX_MANIFEST_BYTES};
 use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
-use crate::relay::{End, Piece, Relay, Stats as RelayStats};
+use crate::relay::{End, Held, Piece, Relay, Stats as RelayStats};
 use crate::route::{self, Route, RouteError};
 use crate::sock;
 use crate::timer::{Tick, Timer};
@@ -765,6 +765,8 @@ async fn serve_composite(
     };
     let mut head = st.heads.take();
     resp.encode_into(&mut head);
+    let buf = st.buffers.take();
+    let held = Held::new(&st.stats.relay_buffer_bytes, buf.capacity());
     let relay = Relay {
         client: client.stream,
         upstream: &st.upstream,
@@ -776,6 +778,7 @@ async fn serve_composite(
         pipes: st.conf.http.relay_splice.then_some(&st.pipes),
         large: &st.large,
         buffers: &st.buffers,
+        held: &held,
     };
     // A long body is sent with the client socket's unsent bytes limited (and the limit
     // lifted after it): short ones measured slower with it, see `tcp_notsent_lowat`.
@@ -785,9 +788,7 @@ async fn serve_composite(
         let _ = sock::set_notsent_lowat(client.stream, bytes);
     }
     let mut stats = RelayStats::default();
-    let (res, buf) = relay
-        .run(&mut head, pieces, st.buffers.take(), &mut stats)
-        .await;
+    let (res, buf) = relay.run(&mut head, pieces, buf, &mut stats).await;
     if lowat.is_some() {
         let _ = sock::set_notsent_lowat(client.stream, 0);
     }

@@ -108,6 +108,8 @@ pub(super) struct State {
     pub pipes: RefCell<Pipes>,
     /// This worker's `relay_large_buffers`.
     pub large: LargeBuffers,
+    /// This worker's counters (shared with its other generations).
+    pub stats: Arc<Stats>,
     /// Idle relay buffers, `relay_buffer_size` each.
     pub buffers: Buffers,
     /// Idle response-head buffers.
@@ -124,6 +126,7 @@ impl State {
         let http = &conf.http;
         Ok(State {
             generation,
+            stats: Arc::clone(stats),
             upstream: Upstream::new(&http.s3, endpoints, Arc::clone(stats))?,
             manifests: caches(http),
             objects: caches(http),

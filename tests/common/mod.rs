@@ -393,6 +393,17 @@ impl Tailgate {
         values.iter().sum()
     }
 
+    /// Waits (up to 5 s) for a metric to read `value`: a gauge settles just after the
+    /// response that moved it has reached its client.
+    pub fn wait_for_metric(&self, line_prefix: &str, value: u64) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.metric(line_prefix) != value {
+            assert!(Instant::now() < until, "{line_prefix} never read {value}");
+            #[allow(clippy::disallowed_methods)] // a test's thread, not a worker
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// One GET on a fresh connection.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         let mut c = self.client();
