@@ -216,7 +216,11 @@ print(json.dumps(out))
     // and every later S3 request found it in the pool.
     let opened = get("tailgate_upstream_connections_opened_total{}");
     assert!((1.0..=2.0).contains(&opened), "{opened} connections opened");
-    assert_eq!(get("tailgate_relay_buffer_bytes{}"), 0.0, "no response under way");
+    assert_eq!(
+        get("tailgate_relay_buffer_bytes{}"),
+        0.0,
+        "no response under way"
+    );
     assert!(get("tailgate_upstream_pool_connections{\"state\": \"idle\"}") >= 1.0);
     assert_eq!(
         get("tailgate_upstream_pool_connections{\"state\": \"active\"}"),
