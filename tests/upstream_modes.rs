@@ -13,6 +13,15 @@ use common::*;
 
 const MIB: u64 = 1024 * 1024;
 
+/// A temp dir with the gateway's certificate ("gw") and its CA, and the `s3` block's
+/// directive that trusts that CA.
+fn gateway_certs() -> (TempDir, String) {
+    let certs = TempDir::new("certs");
+    make_certs(certs.path(), "gw");
+    let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
+    (certs, ca)
+}
+
 /// Every cipher suite rustls offers, each pinned on the OpenSSL side: the record layer
 /// (nonces, additional data, TLS 1.3's inner type, TLS 1.2's explicit nonce) must agree
 /// with another implementation on all of them, over fresh and pooled connections (and
@@ -35,8 +44,7 @@ fn https_with_a_private_ca_over_tls_1_3_and_1_2() {
         bytes(2 * 1024 * 1024 + 3, 51),
         vec![("a", bytes(70_000, 52))],
     );
-    let certs = TempDir::new("certs");
-    make_certs(certs.path(), "gw");
+    let (certs, ca) = gateway_certs();
     make_certs(certs.path(), "other");
     for (protocols, suite) in SUITES {
         let pin = match protocols {
@@ -45,7 +53,6 @@ fn https_with_a_private_ca_over_tls_1_3_and_1_2() {
         };
         let gw = tls_gateway(&s3, certs.path(), protocols, &pin);
         let endpoint = format!("https://{}", gw.addr);
-        let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
         let tg = Tailgate::start(&conf(&endpoint, SK, "", &ca));
         let full = pkg.full("a");
         let mut c = tg.client();
@@ -90,8 +97,7 @@ fn new_tls_connections_resume_the_session() {
         bytes(300_000, 53),
         vec![("a", bytes(7_000, 54))],
     );
-    let certs = TempDir::new("certs");
-    make_certs(certs.path(), "gw");
+    let (certs, ca) = gateway_certs();
     for protocols in ["TLSv1.3", "TLSv1.2"] {
         let log = certs.path().join(format!("access-{protocols}.log"));
         let gw = tls_gateway(
@@ -100,10 +106,7 @@ fn new_tls_connections_resume_the_session() {
             protocols,
             &format!("access_log {} tls;", log.display()),
         );
-        let ca = format!(
-            "tls_ca_file {}/gw-ca.pem; keepalive 0;",
-            certs.path().display()
-        );
+        let ca = format!("{ca} keepalive 0;");
         let tg = Tailgate::start(
             &conf(&format!("https://{}", gw.addr), SK, "", &ca)
                 .replace("worker_threads 2;", "worker_threads 1;"),
@@ -145,9 +148,7 @@ fn https_bodies_broken_mid_stream_are_resumed_or_cut_loudly() {
         vec![("a", bytes(300_000, 72))],
     );
     let full = pkg.full("a");
-    let certs = TempDir::new("certs");
-    make_certs(certs.path(), "gw");
-    let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
+    let (certs, ca) = gateway_certs();
     for protocols in ["TLSv1.3", "TLSv1.2"] {
         let gw = tls_gateway(&s3, certs.path(), protocols, "");
         let relay = Relay::start(gw.addr);
@@ -230,9 +231,7 @@ fn a_slow_client_over_https_gets_every_byte_through_the_small_buffer() {
         vec![("a", bytes(1000, 82))],
     );
     let full = pkg.full("a");
-    let certs = TempDir::new("certs");
-    make_certs(certs.path(), "gw");
-    let ca = format!("tls_ca_file {}/gw-ca.pem;", certs.path().display());
+    let (certs, ca) = gateway_certs();
     for protocols in ["TLSv1.3", "TLSv1.2"] {
         let gw = tls_gateway(&s3, certs.path(), protocols, "");
         let tg = Tailgate::start(&conf(
