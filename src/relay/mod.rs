@@ -478,8 +478,18 @@ impl Relay<'_> {
                     break;
                 }
                 if self.splices(body.remaining()) {
-                    let spliced = self.splice(&mut body, pending, &mut pos, stats);
-                    match spliced.await {
+                    // The body goes through a pipe: a relay buffer waits in the pool meanwhile.
+                    let small = buf.capacity() <= SLOW_CLIENT_BUFFER;
+                    if !small {
+                        self.buffers.give(std::mem::take(&mut buf));
+                        self.held.set(0);
+                    }
+                    let spliced = self.splice(&mut body, pending, &mut pos, stats).await;
+                    if !small {
+                        buf = self.buffers.take();
+                        self.held.set(buf.capacity());
+                    }
+                    match spliced {
                         None => {}
                         Some(Spliced::Complete) => {
                             self.upstream.record(kind, Ok(()));
