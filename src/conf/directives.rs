@@ -425,14 +425,34 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
         })
     };
     let endpoint_node = required("endpoint")?;
-    let endpoint = endpoint(&endpoint_node.args[0])
+    let mut endpoint = endpoint(&endpoint_node.args[0])
         .map_err(|m| (endpoint_node.line, format!("{m} in \"endpoint\" directive")))?;
     let bucket = required("bucket")?.args[0].clone();
     let addressing = value(nodes, "addressing", Addressing::Path, |v| match v {
         "path" => Ok(Addressing::Path),
         "virtual" => Ok(Addressing::Virtual),
-        _ => Err(format!("invalid value \"{v}\" (on or off)")),
+        _ => Err(format!("invalid value \"{v}\" (path or virtual)")),
     })?;
+    // Resolved now, so that no worker ever blocks on DNS: with virtual-hosted addressing
+    // the bucket's own name (a provider may serve buckets from addresses of their own).
+    let (host, line) = match addressing {
+        Addressing::Path => (endpoint.host.clone(), endpoint_node.line),
+        Addressing::Virtual => {
+            let line = find(nodes, "addressing").map_or(node.line, |n| n.line);
+            if endpoint.host.parse::<std::net::IpAddr>().is_ok() {
+                return Err((
+                    line,
+                    "virtual-hosted addressing needs a host name in \"endpoint\", not an IP address".into(),
+                ));
+            }
+            (format!("{bucket}.{}", endpoint.host), line)
+        }
+    };
+    endpoint.addrs = super::lookup(&host, endpoint.port)
+        .map_err(|e| (line, format!("cannot resolve \"{host}\": {e}")))?;
+    if endpoint.addrs.is_empty() {
+        return Err((line, format!("\"{host}\" resolves to no address")));
+    }
     let plain = |v: &str| -> Result<String, String> {
         if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
             Err("empty value or control characters".into())
@@ -593,7 +613,7 @@ fn listen_addr(v: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("listen address \"{v}\" resolves to nothing"))
 }
 
-/// `http[s]://host[:port][/]`, resolved now so that no worker ever blocks on DNS.
+/// `http[s]://host[:port][/]`; its addresses are left for the s3 block to resolve.
 fn endpoint(v: &str) -> Result<Endpoint, String> {
     let (scheme, rest) = if let Some(r) = v.strip_prefix("http://") {
         (Scheme::Http, r)
@@ -643,18 +663,11 @@ fn endpoint(v: &str) -> Result<Endpoint, String> {
     {
         return Err(format!("invalid host in URL \"{v}\""));
     }
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{host}\": {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("\"{host}\" resolves to no address"));
-    }
     Ok(Endpoint {
         scheme,
         host,
         port,
-        addrs,
+        addrs: Vec::new(),
     })
 }
 
@@ -810,7 +823,67 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_urls_are_checked_and_resolved() {
+    fn virtual_hosted_addressing_resolves_the_bucket_host() {
+        let with = |endpoint: &str, addressing: &str| {
+            conf(&format!(
+                "listen 1;\ns3 b {{ endpoint {endpoint}; bucket apks; access_key_id AK; secret_access_key AK;\n addressing {addressing}; }}"
+            ))
+        };
+        let c = with("http://localhost:9000", "virtual").unwrap();
+        let b = &c.http.s3[0];
+        assert_eq!(b.host(), "apks.localhost");
+        assert_eq!(
+            b.endpoint.addrs,
+            super::super::lookup("localhost", 9000).unwrap()
+        );
+        let c = with("http://localhost:9000", "path").unwrap();
+        assert_eq!(c.http.s3[0].host(), "localhost");
+        assert_eq!(
+            with("http://127.0.0.1:9000", "virtual")
+                .unwrap_err()
+                .to_string(),
+            "t.conf:4: virtual-hosted addressing needs a host name in \"endpoint\", not an IP address"
+        );
+        assert_eq!(
+            with("http://localhost:9000", "vhost")
+                .unwrap_err()
+                .to_string(),
+            "t.conf:4: invalid value \"vhost\" (path or virtual) in \"addressing\" directive"
+        );
+        let unknown = with("http://tailgate-test.invalid:9000", "virtual")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.starts_with("t.conf:4: cannot resolve \"apks.tailgate-test.invalid\""),
+            "{unknown}"
+        );
+        let unknown = with("http://tailgate-test.invalid:9000", "path")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.starts_with("t.conf:3: cannot resolve \"tailgate-test.invalid\""),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn names_under_localhost_are_loopback() {
+        let local = super::super::lookup("localhost", 443).unwrap();
+        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback()));
+        for name in ["apks.localhost", "a.b.LOCALHOST"] {
+            assert_eq!(super::super::lookup(name, 443).unwrap(), local, "{name}");
+        }
+        assert_eq!(
+            super::super::lookup("127.0.0.1", 80).unwrap(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 80))]
+        );
+        for name in [".localhost", "notlocalhost.invalid"] {
+            assert!(super::super::lookup(name, 80).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn endpoint_urls_are_checked() {
         let e = endpoint("https://127.0.0.1").unwrap();
         assert_eq!((e.scheme, e.port), (Scheme::Https, 443));
         assert_eq!(e.authority("127.0.0.1"), "127.0.0.1");

@@ -6,7 +6,8 @@ mod directives;
 mod lexer;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -103,8 +104,21 @@ pub struct Endpoint {
     /// Host name or IP literal as written (IPv6 without brackets).
     pub host: String,
     pub port: u16,
-    /// Resolved when the conf is loaded (and again on every reload); never empty.
+    /// The addresses of the block's [`S3::host`], resolved when the conf is loaded (and
+    /// again on every reload); never empty.
     pub addrs: Vec<SocketAddr>,
+}
+
+/// The addresses of `host` from the system's resolver, but a name under `localhost` gets
+/// `localhost`'s own (RFC 6761 §6.3, as curl and systemd-resolved answer it), so
+/// virtual-hosted addressing works against a local S3. Blocks on DNS.
+pub fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let local = host.len() > ".localhost".len()
+        && host
+            .get(host.len() - ".localhost".len()..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(".localhost"));
+    let name = if local { "localhost" } else { host };
+    Ok((name, port).to_socket_addrs()?.collect())
 }
 
 impl Endpoint {
@@ -147,6 +161,18 @@ pub struct S3 {
     pub retry_backoff: Duration,
     /// How often the endpoint's host name is looked up again; `None`: only at load.
     pub resolve_interval: Option<Duration>,
+}
+
+impl S3 {
+    /// The host requests go to: the endpoint's, or `bucket.host` with virtual-hosted
+    /// addressing. Connections are made to its addresses, TLS checks its name, and it is the
+    /// `Host` of every request.
+    pub fn host(&self) -> String {
+        match self.addressing {
+            Addressing::Path => self.endpoint.host.clone(),
+            Addressing::Virtual => format!("{}.{}", self.bucket, self.endpoint.host),
+        }
+    }
 }
 
 /// Credentials never reach a log line, not even through `{:?}`.

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use rustls::pki_types::ServerName;
 
-use crate::conf::{Addressing, Scheme, S3};
+use crate::conf::{Scheme, S3};
 use crate::upstream::response::{self, Meta, Parsed};
 use crate::upstream::s3::Ask;
 use crate::upstream::{s3, transport};
@@ -171,13 +171,7 @@ fn connect(conf: &S3) -> Result<Box<dyn Stream>, String> {
                     Scheme::Http => Ok(Box::new(tcp)),
                     Scheme::Https => {
                         let config = transport::client_config(conf.tls_ca_file.as_deref())?;
-                        let host = match conf.addressing {
-                            Addressing::Path => conf.endpoint.host.clone(),
-                            Addressing::Virtual => {
-                                format!("{}.{}", conf.bucket, conf.endpoint.host)
-                            }
-                        };
-                        let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
+                        let name = ServerName::try_from(conf.host()).map_err(|e| e.to_string())?;
                         let tls = rustls::ClientConnection::new(Arc::clone(&config), name)
                             .map_err(|e| e.to_string())?;
                         Ok(Box::new(rustls::StreamOwned::new(tls, tcp)))

@@ -239,7 +239,7 @@ fn resolve_forever(shared: &Shared) {
                 Refresh::Changed(old, new) => log::info!(
                     "s3 block \"{}\": \"{}\" now resolves to {} (was {})",
                     b.name,
-                    b.endpoint.host,
+                    b.host(),
                     list(&new),
                     list(&old)
                 ),

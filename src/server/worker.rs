@@ -82,8 +82,12 @@ fn with_endpoints(conf: Config) -> (Arc<Config>, Endpoints) {
         .s3
         .iter()
         .map(|b| {
-            let e = &b.endpoint;
-            Arc::new(Addresses::new(&e.host, e.port, &e.addrs, now))
+            Arc::new(Addresses::new(
+                &b.host(),
+                b.endpoint.port,
+                &b.endpoint.addrs,
+                now,
+            ))
         })
         .collect();
     (Arc::new(conf), endpoints)

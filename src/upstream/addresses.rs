@@ -5,7 +5,7 @@
 //! follows S3's DNS instead of the answer it started with. Workers never wait on DNS: they
 //! read the last answer under a short lock, once per new connection.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -123,8 +123,8 @@ impl Addresses {
             }
             state.resolved = now;
         }
-        let found: Vec<SocketAddr> = match (self.host.as_str(), self.port).to_socket_addrs() {
-            Ok(a) => a.collect(),
+        let found = match crate::conf::lookup(&self.host, self.port) {
+            Ok(a) => a,
             Err(e) => return Refresh::Failed(format!("cannot resolve \"{}\": {e}", self.host)),
         };
         self.update(found)

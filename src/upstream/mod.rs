@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
-use crate::conf::{Addressing, Scheme, S3};
+use crate::conf::{Scheme, S3};
 use crate::log;
 use crate::metrics::{Outcome, Segment as Kind, Stats};
 use crate::object::composite::Segment;
@@ -278,10 +278,7 @@ impl Upstream {
                     ),
                     Scheme::Http => None,
                 };
-                let server_name = match b.addressing {
-                    Addressing::Path => b.endpoint.host.clone(),
-                    Addressing::Virtual => format!("{}.{}", b.bucket, b.endpoint.host),
-                };
+                let server_name = b.host();
                 Ok(Block {
                     signer: s3::Signer::new(b),
                     tls,

@@ -361,17 +361,11 @@ impl Recent {
 
 impl Signer {
     pub fn new(s3: &S3) -> Signer {
-        let (authority, prefix) = match s3.addressing {
-            Addressing::Path => (
-                s3.endpoint.authority(&s3.endpoint.host),
-                format!("/{}/", encode(&s3.bucket)),
-            ),
-            Addressing::Virtual => (
-                s3.endpoint
-                    .authority(&format!("{}.{}", s3.bucket, s3.endpoint.host)),
-                "/".to_string(),
-            ),
+        let prefix = match s3.addressing {
+            Addressing::Path => format!("/{}/", encode(&s3.bucket)),
+            Addressing::Virtual => "/".to_string(),
         };
+        let authority = s3.endpoint.authority(&s3.host());
         Signer {
             conf: s3.clone(),
             authority,
