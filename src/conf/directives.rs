@@ -425,7 +425,7 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
         })
     };
     let endpoint_node = required("endpoint")?;
-    let mut endpoint = endpoint(&endpoint_node.args[0])
+    let endpoint = endpoint(&endpoint_node.args[0])
         .map_err(|m| (endpoint_node.line, format!("{m} in \"endpoint\" directive")))?;
     let bucket = required("bucket")?.args[0].clone();
     let addressing = value(nodes, "addressing", Addressing::Path, |v| match v {
@@ -433,10 +433,10 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
         "virtual" => Ok(Addressing::Virtual),
         _ => Err(format!("invalid value \"{v}\" (path or virtual)")),
     })?;
-    // Resolved now, so that no worker ever blocks on DNS: with virtual-hosted addressing
-    // the bucket's own name (a provider may serve buckets from addresses of their own).
-    let (host, line) = match addressing {
-        Addressing::Path => (endpoint.host.clone(), endpoint_node.line),
+    // Where a failure to resolve the host is reported: with virtual-hosted addressing the
+    // name is the bucket's (a provider may serve buckets from addresses of their own).
+    let line = match addressing {
+        Addressing::Path => endpoint_node.line,
         Addressing::Virtual => {
             let line = find(nodes, "addressing").map_or(node.line, |n| n.line);
             if endpoint.host.parse::<std::net::IpAddr>().is_ok() {
@@ -445,14 +445,9 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
                     "virtual-hosted addressing needs a host name in \"endpoint\", not an IP address".into(),
                 ));
             }
-            (format!("{bucket}.{}", endpoint.host), line)
+            line
         }
     };
-    endpoint.addrs = super::lookup(&host, endpoint.port)
-        .map_err(|e| (line, format!("cannot resolve \"{host}\": {e}")))?;
-    if endpoint.addrs.is_empty() {
-        return Err((line, format!("\"{host}\" resolves to no address")));
-    }
     let plain = |v: &str| -> Result<String, String> {
         if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
             Err("empty value or control characters".into())
@@ -466,7 +461,7 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
             return Err((n.line, "\"tls_ca_file\" needs an https endpoint".into()));
         }
     }
-    Ok(S3 {
+    let mut s3 = S3 {
         name: node.args[0].clone(),
         endpoint,
         region: value(nodes, "region", "us-east-1".to_string(), plain)?,
@@ -495,7 +490,15 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
                 t => Ok(Some(t)),
             }
         })?,
-    })
+    };
+    // Resolved now, so that no worker ever blocks on DNS.
+    let host = s3.host();
+    s3.endpoint.addrs = super::lookup(&host, s3.endpoint.port)
+        .map_err(|e| (line, format!("cannot resolve \"{host}\": {e}")))?;
+    if s3.endpoint.addrs.is_empty() {
+        return Err((line, format!("\"{host}\" resolves to no address")));
+    }
+    Ok(s3)
 }
 
 // === value parsers ===
@@ -850,20 +853,18 @@ mod tests {
                 .to_string(),
             "t.conf:4: invalid value \"vhost\" (path or virtual) in \"addressing\" directive"
         );
-        let unknown = with("http://tailgate-test.invalid:9000", "virtual")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            unknown.starts_with("t.conf:4: cannot resolve \"apks.tailgate-test.invalid\""),
-            "{unknown}"
-        );
-        let unknown = with("http://tailgate-test.invalid:9000", "path")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            unknown.starts_with("t.conf:3: cannot resolve \"tailgate-test.invalid\""),
-            "{unknown}"
-        );
+        for (addressing, expected) in [
+            (
+                "virtual",
+                "t.conf:4: cannot resolve \"apks.tailgate-test.invalid\"",
+            ),
+            ("path", "t.conf:3: cannot resolve \"tailgate-test.invalid\""),
+        ] {
+            let unknown = with("http://tailgate-test.invalid:9000", addressing)
+                .unwrap_err()
+                .to_string();
+            assert!(unknown.starts_with(expected), "{unknown}");
+        }
     }
 
     #[test]
