@@ -306,7 +306,7 @@ impl Registry {
         counter(
             &mut out,
             "tailgate_slow_client_responses_total",
-            "Responses whose client took 1 s or more for one write; the rest went through a 64 KiB buffer.",
+            "Responses whose client took 1 s or more for one write, counted then; the rest goes through a 64 KiB buffer.",
             self.sum(|s| l(&s.slow_clients)),
         );
         counter(

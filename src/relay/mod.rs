@@ -15,7 +15,7 @@ pub mod splice;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -114,6 +114,9 @@ pub struct Relay<'a> {
     pub buffers: &'a Buffers,
     /// What the response's buffer counts in the worker's gauge.
     pub held: &'a Held<'a>,
+    /// The worker's count of responses whose client turned out slow, counted when one does
+    /// (a slow download can last hours).
+    pub slow_clients: &'a AtomicU64,
 }
 
 /// A worker's idle buffers of one size (relay buffers of `relay_buffer_size`, response
@@ -465,8 +468,9 @@ impl Relay<'_> {
                     self.upstream.discard(body);
                     return (Ok(End::ClientGone), buf);
                 };
-                if n > 0 && began.elapsed() >= SLOW_CLIENT_WRITE {
+                if n > 0 && !stats.slow_client && began.elapsed() >= SLOW_CLIENT_WRITE {
                     stats.slow_client = true;
+                    self.slow_clients.fetch_add(1, Ordering::Relaxed);
                 }
                 buf = self.for_client(buf, &mut slot, stats);
                 from = buf.len();

@@ -283,9 +283,6 @@ fn finish(
     if r.truncated {
         w.stats.truncations.fetch_add(1, Ordering::Relaxed);
     }
-    if r.relay.slow_client {
-        w.stats.slow_clients.fetch_add(1, Ordering::Relaxed);
-    }
     if w.state().conf.http.access_log.is_some() {
         let time = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -779,6 +776,7 @@ async fn serve_composite(
         large: &st.large,
         buffers: &st.buffers,
         held: &held,
+        slow_clients: &st.stats.slow_clients,
     };
     // A long body is sent with the client socket's unsent bytes limited (and the limit
     // lifted after it): short ones measured slower with it, see `tcp_notsent_lowat`.
