@@ -82,6 +82,8 @@ pub struct Stats {
     pub spliced_bytes: AtomicU64,
     pub connect_failures: AtomicU64,
     pub connections_opened: AtomicU64,
+    /// Times this worker gave the allocator's free memory back to the system.
+    pub memory_trims: AtomicU64,
     /// Microseconds.
     durations: Mutex<Histogram<u64>>,
     first_byte: Mutex<Histogram<u64>>,
@@ -119,6 +121,7 @@ impl Default for Stats {
             spliced_bytes: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             connections_opened: AtomicU64::new(0),
+            memory_trims: AtomicU64::new(0),
             durations: Mutex::new(histogram()),
             first_byte: Mutex::new(histogram()),
         }
@@ -204,6 +207,11 @@ impl Registry {
 
     fn sum_i(&self, f: impl Fn(&Stats) -> i64) -> i64 {
         self.all().iter().map(|s| f(s)).sum::<i64>().max(0)
+    }
+
+    /// Requests read so far by all workers.
+    pub fn requests(&self) -> u64 {
+        self.sum(|s| s.requests.load(Ordering::Relaxed))
     }
 
     /// Client connections reading a request or writing a response (not idle ones).
@@ -296,6 +304,12 @@ impl Registry {
             "tailgate_upstream_connections_opened_total",
             "Connections to S3 opened (and, over HTTPS, handshaken): requests the keep-alive pool could not serve.",
             self.sum(|s| l(&s.connections_opened)),
+        );
+        counter(
+            &mut out,
+            "tailgate_memory_trims_total",
+            "Times the allocator's free memory was given back to the system: after a burst, or when the process went quiet.",
+            self.sum(|s| l(&s.memory_trims)),
         );
         counter(
             &mut out,

@@ -1,5 +1,6 @@
 //! Operations (SPEC §6): access log, stub_status, Prometheus metrics, reload and graceful
-//! stop with a download in flight, and the OpenResty front config in front of tailgate.
+//! stop with a download in flight, the OpenResty front config in front of tailgate, and
+//! memory given back after a burst.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
@@ -518,4 +519,112 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
         .unwrap()
         .contains("/apk/none/c.apk"));
     assert_eq!(lines(&rotated), 2, "the rotated file is left alone");
+}
+
+/// nginx serving a package's objects from files as a fast S3 stand-in (it ignores the
+/// signature), with a manifest carrying nginx's own ETags; s3s-fs hands a response's bytes
+/// over too slowly for a relay buffer to fill.
+fn file_origin(name: &str, head: &[u8]) -> (Nginx, TempDir) {
+    let root = TempDir::new("origin");
+    let dir = root.path().join(BUCKET).join(name);
+    std::fs::create_dir_all(dir.join("tails")).unwrap();
+    let etag = |path: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).unwrap();
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        let secs = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        format!("\\\"{secs:x}-{:x}\\\"", bytes.len())
+    };
+    let head_etag = etag(&dir.join("base.apk"), head);
+    let tail = bytes(4096, 9);
+    let tail_etag = etag(&dir.join("tails/c"), &tail);
+    let manifest = format!(
+        r#"{{"format": "tailgate/1", "last_modified": "2026-11-25T10:00:00Z",
+            "head": {{"key": "{name}/base.apk", "offset": 0, "length": {}, "etag": "{head_etag}"}},
+            "tails": {{"c": {{"key": "{name}/tails/c", "offset": 0, "length": 4096, "etag": "{tail_etag}"}}}} }}"#,
+        head.len()
+    );
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    let origin = Nginx::start(
+        "",
+        &format!("  listen {{listen}};\n  root {};", root.path().display()),
+    );
+    (origin, root)
+}
+
+/// 96 clients at once, each reading three 4 MiB ranges at full speed: 96 responses under
+/// way, each moving through its own 1 MiB relay buffer. Returns the highest RSS seen, KiB.
+fn burst(tg: &Tailgate, head: usize) -> u64 {
+    let len = 4 * MIB;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(96));
+    let clients: Vec<_> = (0..96)
+        .map(|i| {
+            let (addr, start) = (tg.addr, std::sync::Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                start.wait();
+                for k in 0..3 {
+                    let from = (i * 3 + k) * 37 * 1024 % (head - len);
+                    let range = format!("bytes={from}-{}", from + len - 1);
+                    c.send(&request("GET", "/apk/burst/c.apk", &[("Range", &range)]));
+                    let r = c.response(false).unwrap();
+                    assert_eq!((r.status, r.body.len()), (206, len));
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while clients.iter().any(|c| !c.is_finished()) {
+        peak = peak.max(rss_kib(tg.proc.0.id()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    peak
+}
+
+#[test]
+fn memory_a_burst_held_is_given_back_under_a_trickle_of_requests() {
+    let head = 8 * MIB;
+    let (origin, _root) = file_origin("burst", &bytes(head, 7));
+    let endpoint = format!("http://{}", origin.addr);
+    let tg = Tailgate::start(&conf(&endpoint, SK, "relay_buffer_size 1m;", ""));
+    // The first burst's buffers are mapped on their own and unmapped when freed, which
+    // raises glibc's mmap threshold; the second's come from its heap, which keeps them.
+    burst(&tg, head);
+    let peak = burst(&tg, head);
+    assert!(peak > 80 * 1024, "the burst held {peak} KiB");
+    // A request every 100 ms: the process is never quiet for a second, yet the burst is over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let (addr, stop) = (tg.addr, std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.send(&request(
+                    "GET",
+                    "/apk/burst/c.apk",
+                    &[("Range", "bytes=0-4095")],
+                ));
+                assert_eq!(c.response(false).unwrap().status, 206);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Each worker's pool keeps 16 of the buffers for the next burst: 32 MiB.
+    let mut rss = peak;
+    wait_for("RSS to fall", Duration::from_secs(6), || {
+        rss = rss_kib(tg.proc.0.id());
+        rss < peak - 32 * 1024
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert!(
+        rss < 48 * 1024,
+        "{rss} KiB resident after the burst, {peak} at its peak"
+    );
+    assert!(tg.metric("tailgate_memory_trims_total") >= 1);
 }

@@ -371,15 +371,6 @@ fn chaos(relay: &Relay, tls: bool, seed: u64, until: Instant) -> u64 {
     added
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// One pass: `mode` holds tailgate's extra http directives; with `tls` the relay sits in
 /// front of an nginx TLS gateway instead of s3s-fs itself.
 fn soak(mode: &str, tls: bool, seed: u64, secs: u64) {

@@ -127,6 +127,8 @@ pub struct Buffers {
     size: usize,
     keep: usize,
     idle: RefCell<Vec<Vec<u8>>>,
+    /// Bytes of buffers freed (not kept) since [`Buffers::take_released`] last read it.
+    released: Cell<usize>,
 }
 
 /// What a worker's idle relay buffers may add up to. Only the pages a transfer touched are
@@ -140,6 +142,7 @@ impl Buffers {
             size,
             keep,
             idle: RefCell::new(Vec::with_capacity(keep)),
+            released: Cell::new(0),
         }
     }
 
@@ -158,7 +161,14 @@ impl Buffers {
         if buf.capacity() == self.size && idle.len() < self.keep {
             buf.clear();
             idle.push(buf);
+        } else {
+            self.released.set(self.released.get() + buf.capacity());
         }
+    }
+
+    /// Bytes of buffers freed since the last call.
+    pub fn take_released(&self) -> usize {
+        self.released.replace(0)
     }
 }
 
@@ -860,6 +870,8 @@ mod tests {
         pool.give(b);
         pool.give(c);
         assert_eq!(pool.idle.borrow().len(), 2, "at most 16 MiB idle");
+        assert_eq!(pool.take_released(), IDLE_BUFFER_BYTES / 2, "one freed");
+        assert_eq!(pool.take_released(), 0);
         let again = pool.take();
         assert!(again.is_empty(), "given back cleared");
         assert_eq!(again.as_ptr(), at_b, "the same allocation");

@@ -5,6 +5,7 @@
 
 mod conn;
 mod flight;
+mod trim;
 mod worker;
 
 use std::fmt;

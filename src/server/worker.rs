@@ -24,6 +24,7 @@ use crate::upstream::Upstream;
 
 use super::conn::{self, Fetched};
 use super::flight::Flights;
+use super::trim::{Load, Trim};
 
 /// A response head's buffer; a longer head (a long file name) grows its own.
 const HEAD_BUFFER: usize = 1024;
@@ -40,6 +41,8 @@ pub(super) struct Shared {
     pub registry: Registry,
     pub access: AccessLog,
     pub draining: AtomicBool,
+    /// When to give the allocator's free memory back.
+    pub trim: Trim,
 }
 
 impl Shared {
@@ -50,6 +53,7 @@ impl Shared {
             registry: Registry::default(),
             access,
             draining: AtomicBool::new(false),
+            trim: Trim::new(Instant::now()),
         }
     }
 
@@ -223,7 +227,17 @@ pub(super) fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                sweeper.state().upstream.sweep();
+                let state = sweeper.state();
+                state.upstream.sweep();
+                let registry = &sweeper.shared.registry;
+                let load = Load {
+                    requests: registry.requests(),
+                    busy: registry.busy(),
+                    released: state.buffers.take_released() as u64,
+                };
+                if sweeper.shared.trim.tick(&load, Instant::now()) {
+                    sweeper.stats.memory_trims.fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
         let mut accepts = Vec::new();

@@ -63,6 +63,16 @@ impl Drop for Proc {
     }
 }
 
+/// A process's resident memory, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// A port that was free a moment ago, never the same one twice in this test binary: the
 /// kernel may hand a released port out again, and tests run in parallel.
 pub fn free_port() -> u16 {
