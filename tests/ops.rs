@@ -591,12 +591,16 @@ fn memory_a_burst_held_is_given_back_under_a_trickle_of_requests() {
     let head = 8 * MIB;
     let (origin, _root) = file_origin("burst", &bytes(head, 7));
     let endpoint = format!("http://{}", origin.addr);
-    let tg = Tailgate::start(&conf(&endpoint, SK, "relay_buffer_size 1m;", ""));
+    // One worker, whose pool keeps 16 of the buffers for the next burst.
+    let tg = Tailgate::start(
+        &conf(&endpoint, SK, "relay_buffer_size 1m;", "")
+            .replace("worker_threads 2;", "worker_threads 1;"),
+    );
     // The first burst's buffers are mapped on their own and unmapped when freed, which
     // raises glibc's mmap threshold; the second's come from its heap, which keeps them.
     burst(&tg, head);
     let peak = burst(&tg, head);
-    assert!(peak > 80 * 1024, "the burst held {peak} KiB");
+    assert!(peak > 64 * 1024, "the burst held {peak} KiB");
     // A request every 100 ms: the process is never quiet for a second, yet the burst is over.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trickle = {
@@ -614,17 +618,12 @@ fn memory_a_burst_held_is_given_back_under_a_trickle_of_requests() {
             }
         })
     };
-    // Each worker's pool keeps 16 of the buffers for the next burst: 32 MiB.
     let mut rss = peak;
     wait_for("RSS to fall", Duration::from_secs(6), || {
         rss = rss_kib(tg.proc.0.id());
-        rss < peak - 32 * 1024
+        rss < 40 * 1024
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     trickle.join().unwrap();
-    assert!(
-        rss < 48 * 1024,
-        "{rss} KiB resident after the burst, {peak} at its peak"
-    );
     assert!(tg.metric("tailgate_memory_trims_total") >= 1);
 }

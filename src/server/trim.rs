@@ -3,8 +3,8 @@
 //! allocations made between them; `malloc_trim` hands back the pages of its free chunks.
 //! Trimming under load would only have the next responses fault those pages in anew, so it
 //! happens once a burst is over: when the workers' pools, full again, have freed many relay
-//! buffers since the last trim and the connections busy are half what they were or fewer,
-//! or when the process has gone quiet after serving.
+//! buffers since the last trim, have stopped freeing them, and the connections busy are half
+//! what they were or fewer; or when the process has gone quiet after serving.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,15 +45,9 @@ pub(super) struct Load {
 }
 
 impl Trim {
-    pub(super) fn new(now: Instant) -> Trim {
+    pub(super) fn new() -> Trim {
         Trim {
-            seen: Mutex::new(Seen {
-                requests: 0,
-                requests_since: now,
-                trimmed_at: 0,
-                released: 0,
-                busy_high: 0,
-            }),
+            seen: Mutex::new(Seen::new(Instant::now())),
         }
     }
 
@@ -73,6 +67,16 @@ impl Trim {
 }
 
 impl Seen {
+    fn new(now: Instant) -> Seen {
+        Seen {
+            requests: 0,
+            requests_since: now,
+            trimmed_at: 0,
+            released: 0,
+            busy_high: 0,
+        }
+    }
+
     /// Notes `load` and says whether to trim now; if so, the marks start again from here.
     fn due(&mut self, load: &Load, now: Instant) -> bool {
         if load.requests != self.requests {
@@ -82,8 +86,10 @@ impl Seen {
         self.released = self.released.saturating_add(load.released);
         self.busy_high = self.busy_high.max(load.busy);
         // Under a steady load the pools overflow too, whenever the responses under way
-        // dip by more than they keep; what is freed then is taken again at once.
-        let burst_over = self.released >= BURST_OVER && load.busy <= self.busy_high / 2;
+        // dip by more than they keep; what is freed then is taken again at once. While a
+        // load winds down, each tick frees more: trimming at its end gets all of it.
+        let burst_over =
+            self.released >= BURST_OVER && load.released == 0 && load.busy <= self.busy_high / 2;
         let quiet = load.busy == 0
             && now.saturating_duration_since(self.requests_since) >= QUIET
             && load.requests != self.trimmed_at;
@@ -123,21 +129,11 @@ mod tests {
         }
     }
 
-    fn seen(t0: Instant) -> Seen {
-        Seen {
-            requests: 0,
-            requests_since: t0,
-            trimmed_at: 0,
-            released: 0,
-            busy_high: 0,
-        }
-    }
-
     #[test]
     fn a_quiet_second_after_serving_trims_once() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut s = seen(t0);
+        let mut s = Seen::new(t0);
         assert!(!s.due(&load(0, 0, 0), at(5000)), "nothing served yet");
         assert!(!s.due(&load(10, 0, 0), at(5500)), "a request just now");
         assert!(
@@ -155,21 +151,26 @@ mod tests {
     fn buffers_freed_after_a_burst_trim_under_a_trickle_of_requests() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut s = seen(t0);
+        let mut s = Seen::new(t0);
         assert!(!s.due(&load(100, 256, 0), at(500)));
         assert!(!s.due(&load(200, 200, 20 * MIB), at(1000)), "steady load");
         assert!(
             !s.due(&load(300, 240, 20 * MIB), at(1500)),
             "40 MiB freed, as busy"
         );
-        assert!(s.due(&load(301, 3, 0), at(2000)), "the load gone");
         assert!(
-            !s.due(&load(302, 40, 31 * MIB), at(2500)),
+            !s.due(&load(301, 30, 20 * MIB), at(2000)),
+            "still winding down"
+        );
+        assert!(s.due(&load(302, 3, 0), at(2500)), "the load gone");
+        assert!(
+            !s.due(&load(303, 40, 31 * MIB), at(3000)),
             "counted from the trim"
         );
-        assert!(!s.due(&load(303, 30, MIB), at(3000)), "busy 30 of 40");
+        assert!(!s.due(&load(304, 30, MIB), at(3500)), "busy 30 of 40");
+        assert!(!s.due(&load(305, 30, 0), at(4000)), "busy 30 of 40");
         assert!(
-            s.due(&load(304, 20, 0), at(3500)),
+            s.due(&load(306, 20, 0), at(4500)),
             "32 MiB since, busy 20 of 40"
         );
     }

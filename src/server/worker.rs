@@ -53,7 +53,7 @@ impl Shared {
             registry: Registry::default(),
             access,
             draining: AtomicBool::new(false),
-            trim: Trim::new(Instant::now()),
+            trim: Trim::new(),
         }
     }
 
