@@ -535,17 +535,11 @@ fn file_origin(name: &str, head: &[u8]) -> (Nginx, TempDir) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        format!("\\\"{secs:x}-{:x}\\\"", bytes.len())
+        format!("\"{secs:x}-{:x}\"", bytes.len())
     };
     let head_etag = etag(&dir.join("base.apk"), head);
-    let tail = bytes(4096, 9);
-    let tail_etag = etag(&dir.join("tails/c"), &tail);
-    let manifest = format!(
-        r#"{{"format": "tailgate/1", "last_modified": "2026-11-25T10:00:00Z",
-            "head": {{"key": "{name}/base.apk", "offset": 0, "length": {}, "etag": "{head_etag}"}},
-            "tails": {{"c": {{"key": "{name}/tails/c", "offset": 0, "length": 4096, "etag": "{tail_etag}"}}}} }}"#,
-        head.len()
-    );
+    let tail_etag = etag(&dir.join("tails/c"), &bytes(4096, 9));
+    let manifest = manifest_json(name, (head.len(), &head_etag), &[("c", 4096, &tail_etag)]);
     std::fs::write(dir.join("manifest.json"), manifest).unwrap();
     let origin = Nginx::start(
         "",

@@ -271,33 +271,46 @@ impl Package {
 
 /// Uploads `head` and each tail, then the manifest (the order `pack` uses).
 pub fn upload_package(s3: &S3, name: &str, head: Vec<u8>, tails: Vec<(&str, Vec<u8>)>) -> Package {
-    let head_key = format!("{name}/base.apk");
-    let head_etag = s3.put(&head_key, &head);
-    let mut entries = Vec::new();
-    for (variant, tail) in &tails {
-        let key = format!("{name}/tails/{variant}");
-        let etag = s3.put(&key, tail);
-        entries.push(format!(
-            r#""{variant}": {{"key": "{key}", "offset": 0, "length": {}, "etag": {}}}"#,
-            tail.len(),
-            serde_json_string(&etag)
-        ));
-    }
-    let manifest = format!(
-        r#"{{"format": "tailgate/1", "content_type": "application/vnd.android.package-archive",
-            "last_modified": "2026-11-25T10:00:00Z",
-            "head": {{"key": "{head_key}", "offset": 0, "length": {}, "etag": {}}},
-            "tails": {{ {} }} }}"#,
-        head.len(),
-        serde_json_string(&head_etag),
-        entries.join(", ")
-    );
+    let head_etag = s3.put(&format!("{name}/base.apk"), &head);
+    let tail_etags: Vec<String> = tails
+        .iter()
+        .map(|(variant, tail)| s3.put(&format!("{name}/tails/{variant}"), tail))
+        .collect();
+    let entries: Vec<(&str, usize, &str)> = tails
+        .iter()
+        .zip(&tail_etags)
+        .map(|((variant, tail), etag)| (*variant, tail.len(), etag.as_str()))
+        .collect();
+    let manifest = manifest_json(name, (head.len(), &head_etag), &entries);
     s3.put(&format!("{name}/manifest.json"), manifest.as_bytes());
     Package {
         name: name.to_string(),
         head,
         tails: tails.into_iter().map(|(v, t)| (v.to_string(), t)).collect(),
     }
+}
+
+/// Package `name`'s manifest: its head at `{name}/base.apk` and each tail (variant, length,
+/// ETag) at `{name}/tails/{variant}`, with the ETags their store gave them.
+pub fn manifest_json(name: &str, head: (usize, &str), tails: &[(&str, usize, &str)]) -> String {
+    let entries: Vec<String> = tails
+        .iter()
+        .map(|(variant, len, etag)| {
+            format!(
+                r#""{variant}": {{"key": "{name}/tails/{variant}", "offset": 0, "length": {len}, "etag": {}}}"#,
+                serde_json_string(etag)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"format": "tailgate/1", "content_type": "application/vnd.android.package-archive",
+            "last_modified": "2026-11-25T10:00:00Z",
+            "head": {{"key": "{name}/base.apk", "offset": 0, "length": {}, "etag": {}}},
+            "tails": {{ {} }} }}"#,
+        head.0,
+        serde_json_string(head.1),
+        entries.join(", ")
+    )
 }
 
 fn serde_json_string(s: &str) -> String {
