@@ -594,7 +594,9 @@ fn memory_a_burst_held_is_given_back_under_a_trickle_of_requests() {
     // raises glibc's mmap threshold; the second's come from its heap, which keeps them.
     burst(&tg, head);
     let peak = burst(&tg, head);
-    assert!(peak > 64 * 1024, "the burst held {peak} KiB");
+    // Most runs see 100 MiB; fewer of the buffers' pages are touched when the responses
+    // drain as fast as they arrive.
+    assert!(peak > 48 * 1024, "the burst held {peak} KiB");
     // A request every 100 ms: the process is never quiet for a second, yet the burst is over.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trickle = {
@@ -612,12 +614,17 @@ fn memory_a_burst_held_is_given_back_under_a_trickle_of_requests() {
             }
         })
     };
+    let deadline = Instant::now() + Duration::from_secs(6);
     let mut rss = peak;
-    wait_for("RSS to fall", Duration::from_secs(6), || {
+    while rss >= 40 * 1024 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
         rss = rss_kib(tg.proc.0.id());
-        rss < 40 * 1024
-    });
+    }
+    let trims = tg.metric("tailgate_memory_trims_total");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     trickle.join().unwrap();
-    assert!(tg.metric("tailgate_memory_trims_total") >= 1);
+    assert!(
+        rss < 40 * 1024 && trims >= 1,
+        "{rss} KiB 6 s after a burst that held {peak} KiB, {trims} trims"
+    );
 }

@@ -4,7 +4,9 @@
 //! Trimming under load would only have the next responses fault those pages in anew, so it
 //! happens once a burst is over: when the workers' pools, full again, have freed many relay
 //! buffers since the last trim, have stopped freeing them, and the connections busy are half
-//! what they were or fewer; or when the process has gone quiet after serving.
+//! what they were or fewer; or when the process has gone quiet after serving. A trim made
+//! while connections were still busy is followed by another once those have halved again,
+//! for whatever they freed meanwhile, however little.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ struct Seen {
     released: u64,
     /// The most connections seen busy at a tick since the last trim.
     busy_high: i64,
+    /// The last trim was made with connections busy, whose buffers are yet to be freed.
+    follow_up: bool,
 }
 
 /// One worker's tick's reading.
@@ -74,6 +78,7 @@ impl Seen {
             trimmed_at: 0,
             released: 0,
             busy_high: 0,
+            follow_up: false,
         }
     }
 
@@ -87,9 +92,10 @@ impl Seen {
         self.busy_high = self.busy_high.max(load.busy);
         // Under a steady load the pools overflow too, whenever the responses under way
         // dip by more than they keep; what is freed then is taken again at once. While a
-        // load winds down, each tick frees more: trimming at its end gets all of it.
-        let burst_over =
-            self.released >= BURST_OVER && load.released == 0 && load.busy <= self.busy_high / 2;
+        // load winds down, each tick frees more: trimming at its end gets all of it. A tick
+        // that frees nothing can come before the end, though, when responses are long.
+        let freed = self.released >= BURST_OVER || (self.follow_up && self.released > 0);
+        let burst_over = freed && load.released == 0 && load.busy <= self.busy_high / 2;
         let quiet = load.busy == 0
             && now.saturating_duration_since(self.requests_since) >= QUIET
             && load.requests != self.trimmed_at;
@@ -99,6 +105,7 @@ impl Seen {
         self.trimmed_at = load.requests;
         self.released = 0;
         self.busy_high = load.busy;
+        self.follow_up = load.busy > 0;
         true
     }
 }
@@ -172,6 +179,28 @@ mod tests {
         assert!(
             s.due(&load(306, 20, 0), at(4500)),
             "32 MiB since, busy 20 of 40"
+        );
+    }
+
+    #[test]
+    fn a_trim_before_a_load_has_wound_down_is_followed_by_another() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut s = Seen::new(t0);
+        assert!(!s.due(&load(100, 90, 40 * MIB), at(1000)));
+        assert!(
+            s.due(&load(200, 25, 0), at(2000)),
+            "a second without a response ending"
+        );
+        assert!(!s.due(&load(201, 13, 9 * MIB), at(3000)), "still freeing");
+        assert!(!s.due(&load(202, 13, 0), at(4000)), "busy 13 of 25");
+        assert!(s.due(&load(203, 1, 0), at(5000)), "9 MiB since, busy 1");
+        assert!(!s.due(&load(204, 1, MIB), at(6000)));
+        assert!(s.due(&load(205, 0, 0), at(7000)), "busy 0 of 1");
+        assert!(!s.due(&load(260, 0, MIB), at(8000)));
+        assert!(
+            !s.due(&load(300, 0, 0), at(9000)),
+            "the last trim found none busy; a megabyte is not a burst"
         );
     }
 }
