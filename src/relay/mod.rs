@@ -270,6 +270,30 @@ const GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// with them by `writev`.
 const COALESCE: usize = 32 * 1024;
 
+/// A sender's bytes sit in pages: a file's (`sendfile`), a NIC's page pool. The kernel copies
+/// them out with `rep movsb`, which on some CPUs (AMD Zen 3 here, 1.9 against 50 GB/s)
+/// crawls when the destination lies 1 to 31 bytes past the source modulo 4 KiB.
+const PAGE: usize = 4096;
+
+/// Where in `buf` to read the body byte at `pos` in its object: at the address that is
+/// `pos` modulo a page, as the byte is in a sender that keeps the object in a file. A heap
+/// buffer starts 16 bytes past a page boundary, 1 to 31 past the sender's every page start.
+fn origin(buf: &Vec<u8>, pos: u64) -> usize {
+    let want = usize::try_from(pos % PAGE as u64).unwrap_or(0);
+    let at = (want + PAGE - buf.as_ptr().addr() % PAGE) % PAGE;
+    if at <= buf.capacity() / 8 {
+        at
+    } else {
+        0
+    }
+}
+
+/// Readies an empty `buf` to take the body from `pos` on at its [`origin`].
+fn align(buf: &mut Vec<u8>, pos: u64) {
+    buf.clear();
+    buf.resize(origin(buf, pos), 0);
+}
+
 /// The bytes to keep free in front of body bytes read into `buf`, for what is pending to be
 /// copied there: all of it, unless it would take more than a quarter of the buffer.
 fn room(pending: &[u8], buf: &Vec<u8>) -> usize {
@@ -483,8 +507,11 @@ impl Relay<'_> {
                     self.slow_clients.fetch_add(1, Ordering::Relaxed);
                 }
                 buf = self.for_client(buf, &mut slot, stats);
-                from = buf.len();
                 pos = pos.saturating_add(n);
+                if pending.is_empty() {
+                    align(&mut buf, pos);
+                }
+                from = buf.len();
                 stats.upstream_bytes = stats.upstream_bytes.saturating_add(n);
                 if body.remaining() == 0 {
                     self.upstream.record(kind, Ok(()));
@@ -504,7 +531,11 @@ impl Relay<'_> {
                         self.held.set(buf.capacity());
                     }
                     match spliced {
-                        None => {}
+                        // Not spliced after all: on through a buffer, maybe another one.
+                        None => {
+                            align(&mut buf, pos);
+                            from = buf.len();
+                        }
                         Some(Spliced::Complete) => {
                             self.upstream.record(kind, Ok(()));
                             self.upstream.release(body);
@@ -883,6 +914,35 @@ mod tests {
             "a buffer of another size is not kept"
         );
         assert_eq!(Buffers::new(1 << 30).keep, 1);
+    }
+
+    #[test]
+    fn body_bytes_are_read_where_their_page_offset_matches_the_objects() {
+        let mut buf = Vec::with_capacity(256 * 1024);
+        for pos in [
+            0,
+            1,
+            15,
+            16,
+            17,
+            4095,
+            4096,
+            4097,
+            1 << 40,
+            (1 << 40) + 4080,
+        ] {
+            buf.extend_from_slice(b"sent bytes");
+            align(&mut buf, pos);
+            assert!(buf.len() < PAGE, "{pos}: {}", buf.len());
+            let at = buf.as_ptr().addr() + buf.len();
+            assert_eq!(at % PAGE, (pos % PAGE as u64) as usize, "{pos}");
+        }
+        // Never more than an eighth of a buffer goes to it.
+        let mut small = Vec::with_capacity(PAGE);
+        for pos in 0..PAGE as u64 {
+            align(&mut small, pos);
+            assert!(small.len() <= PAGE / 8, "{pos}: {}", small.len());
+        }
     }
 
     #[test]
