@@ -288,7 +288,7 @@ fn origin(buf: &Vec<u8>, pos: u64) -> usize {
     }
 }
 
-/// Readies an empty `buf` to take the body from `pos` on at its [`origin`].
+/// Empties `buf` and readies it to take the body from `pos` on at its [`origin`].
 fn align(buf: &mut Vec<u8>, pos: u64) {
     buf.clear();
     buf.resize(origin(buf, pos), 0);
