@@ -150,7 +150,10 @@ pub(super) fn serve(
                 peer,
                 w: &w,
             };
-            let go_on = Box::pin(conn.exchange(parsed, &mut buf, &mut gauge, &mut served)).await;
+            let go_on = w
+                .recycler
+                .pin(conn.exchange(parsed, &mut buf, &mut gauge, &mut served))
+                .await;
             if !go_on {
                 break;
             }
@@ -235,7 +238,10 @@ impl Conn<'_> {
             }
         }
         gauge.set(ConnState::Writing);
-        let reply = Box::pin(respond(client, w, &st, &head, keep_alive)).await;
+        let reply = w
+            .recycler
+            .pin(respond(client, w, &st, &head, keep_alive))
+            .await;
         finish(w, peer, head.request_line(), Some(&head), &reply, started);
         request::recycle(head);
         reply.keep && keep_alive

@@ -5,6 +5,7 @@
 
 mod conn;
 mod flight;
+mod recycle;
 mod trim;
 mod worker;
 

@@ -24,6 +24,7 @@ use crate::upstream::Upstream;
 
 use super::conn::{self, Fetched};
 use super::flight::Flights;
+use super::recycle::Recycler;
 use super::trim::{Load, Trim};
 
 /// A response head's buffer; a longer head (a long file name) grows its own.
@@ -174,6 +175,8 @@ pub(super) struct Worker {
     pub active: Cell<usize>,
     /// The timeouts of this worker's connections.
     pub timers: Timers,
+    /// The heap blocks of the futures boxed per request.
+    pub recycler: Recycler,
 }
 
 impl Worker {
@@ -218,6 +221,7 @@ pub(super) fn run(
         state: RefCell::new(Rc::new(state)),
         active: Cell::new(0),
         timers: Timers::new(),
+        recycler: Recycler::default(),
     });
     runtime().start(async move {
         let timers = Rc::clone(&worker);
