@@ -69,17 +69,11 @@ impl Recycler {
             return;
         }
         let mut free = self.free.borrow_mut();
-        let i = match free.iter().position(|(l, _)| *l == layout) {
-            Some(i) => i,
-            None => {
-                free.push((layout, Vec::new()));
-                free.len() - 1
-            }
-        };
-        match free.get_mut(i) {
+        match free.iter_mut().find(|(l, _)| *l == layout) {
+            None => free.push((layout, vec![block])),
             Some((_, blocks)) if blocks.len() < KEEP => blocks.push(block),
             // SAFETY: `block` was allocated with `layout` and is no longer used.
-            _ => unsafe { alloc::dealloc(block.as_ptr(), layout) },
+            Some(_) => unsafe { alloc::dealloc(block.as_ptr(), layout) },
         }
     }
 
