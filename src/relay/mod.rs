@@ -27,7 +27,7 @@ use crate::object::composite::{Composite, Segment};
 use crate::object::plan::Fetch;
 use crate::object::tail_cache::TailCache;
 use crate::sock;
-use crate::timer::Timer;
+use crate::timer::{Tick, Timer};
 use crate::upstream::{ErrorKind, SegmentBody, Upstream, UpstreamError};
 use splice::{Failure, Link, Pipes, Progress, Timeouts, UpstreamFailure};
 
@@ -494,30 +494,36 @@ impl Relay<'_> {
                 }
             };
             loop {
-                // The bytes in `buf` are good even when the read after them fails.
-                let began = Instant::now();
+                // The bytes in `buf` are good even when the read after them fails. A second
+                // needs no precise clock.
+                let began = Tick::now();
                 let (sent, back) = self.send(buf, from, pending, stats).await;
                 buf = back;
                 let Ok(n) = sent else {
                     self.upstream.discard(body);
                     return (Ok(End::ClientGone), buf);
                 };
-                if n > 0 && !stats.slow_client && began.elapsed() >= SLOW_CLIENT_WRITE {
+                if n > 0
+                    && !stats.slow_client
+                    && Tick::now().saturating_duration_since(began) >= SLOW_CLIENT_WRITE
+                {
                     stats.slow_client = true;
                     self.slow_clients.fetch_add(1, Ordering::Relaxed);
                 }
                 buf = self.for_client(buf, &mut slot, stats);
                 pos = pos.saturating_add(n);
-                if pending.is_empty() {
-                    align(&mut buf, pos);
-                }
-                from = buf.len();
                 stats.upstream_bytes = stats.upstream_bytes.saturating_add(n);
                 if body.remaining() == 0 {
                     self.upstream.record(kind, Ok(()));
                     self.upstream.release(body);
                     break;
                 }
+                // Aligned only when more of this body is to be read into it: the next
+                // fetch starts from an empty buffer.
+                if pending.is_empty() {
+                    align(&mut buf, pos);
+                }
+                from = buf.len();
                 if self.splices(body.remaining()) {
                     // The body goes through a pipe: a relay buffer waits in the pool meanwhile.
                     let small = buf.capacity() <= SLOW_CLIENT_BUFFER;
