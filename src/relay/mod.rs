@@ -494,8 +494,8 @@ impl Relay<'_> {
                 }
             };
             loop {
-                // The bytes in `buf` are good even when the read after them fails. A second
-                // needs no precise clock.
+                // The bytes in `buf` are good even when the read after them fails.
+                // Timed for the slow-client check: a second needs no precise clock.
                 let began = Tick::now();
                 let (sent, back) = self.send(buf, from, pending, stats).await;
                 buf = back;
