@@ -10,6 +10,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The fuzz targets (run with cargo-fuzz on nightly) must keep compiling against the library.
 (cd fuzz && cargo check --quiet)
+# So must the bench's bare relays (bench/floor, run by `BENCH_FLOOR=1 bench/run`).
+(cd bench/floor && cargo fmt -- --check && cargo clippy --quiet -- -D warnings)
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
