@@ -16,12 +16,15 @@
 //! - `ring-read`: as `ring-coop`, reading with `IORING_OP_READ` (what tokio-uring's
 //!   `TcpStream::read` submits) instead of `IORING_OP_RECV`, to tell the operation's share.
 //! - `tokio-uring`: the same relay as tasks on tokio-uring's runtime, set up as tailgate's
-//!   workers set it up (`COOP_TASKRUN`).
+//!   workers set it up (`COOP_TASKRUN`), reading with `IORING_OP_READ`.
+//! - `own-async`: the same async relay (the same code) on the least runtime of one's own
+//!   (module `own`), on the same ring set-up and read operation: what tailgate, keeping
+//!   its async code, could expect from replacing tokio and tokio-uring.
 //!
 //! Not a server: requests are framed by their blank line (no bodies), responses by
 //! `Content-Length`; anything else ends the connection.
 //!
-//! usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring LISTEN_PORT ORIGIN_PORT
+//! usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring|own-async LISTEN_PORT ORIGIN_PORT
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,7 +47,7 @@ fn main() {
     };
     let Some((mode, listen, origin)) = parsed else {
         eprintln!(
-            "usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring LISTEN_PORT ORIGIN_PORT"
+            "usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring|own-async LISTEN_PORT ORIGIN_PORT"
         );
         std::process::exit(2);
     };
@@ -55,6 +58,7 @@ fn main() {
         "ring-coop" => ring::run(listen, origin, ring::Setup::Coop, ring::Op::Recv),
         "ring-read" => ring::run(listen, origin, ring::Setup::Coop, ring::Op::Read),
         "tokio-uring" => on_tokio_uring::run(listen, origin),
+        "own-async" => own::run(listen, origin),
         _ => Err(io::Error::other(format!("unknown mode {mode}"))),
     };
     if let Err(e) = result {
@@ -311,6 +315,73 @@ mod ring {
     }
 }
 
+/// A client or origin connection of the async modes.
+trait Sock: Sized {
+    fn fd(&self) -> RawFd;
+
+    /// Reads more into `buf` after its first `filled` bytes; 0 at the end of the stream.
+    fn read(
+        &self,
+        buf: Vec<u8>,
+        filled: usize,
+    ) -> impl std::future::Future<Output = (io::Result<usize>, Vec<u8>)>;
+
+    fn connect(origin: SocketAddr) -> io::Result<Self>;
+}
+
+/// The async modes' relay: requests from `client` to the origin, responses back.
+async fn relay<S: Sock>(client: S, origin: SocketAddr) -> io::Result<()> {
+    let mut up: Option<S> = None;
+    let mut buf = vec![0u8; CAP];
+    loop {
+        let mut filled = 0;
+        while head_end(&buf[..filled]).is_none() {
+            if filled == CAP {
+                return Err(io::Error::other("request head too long"));
+            }
+            let (res, b) = client.read(buf, filled).await;
+            buf = b;
+            match res? {
+                0 => return Ok(()),
+                n => filled += n,
+            }
+        }
+        let o = match up.take() {
+            Some(o) => o,
+            None => S::connect(origin)?,
+        };
+        send_all(o.fd(), &buf[..filled])?;
+        filled = 0;
+        let mut left = None;
+        loop {
+            let (res, b) = o.read(buf, filled).await;
+            buf = b;
+            match res? {
+                0 => return Err(io::Error::other("origin closed")),
+                n => filled += n,
+            }
+            let total = match left {
+                Some(left) => left,
+                None => match head_end(&buf[..filled]) {
+                    Some(end) => response_len(&buf[..end])?,
+                    None if filled == CAP => {
+                        return Err(io::Error::other("response head too long"))
+                    }
+                    None => continue,
+                },
+            };
+            let n = filled.min(total);
+            send_all(client.fd(), &buf[..n])?;
+            filled = 0;
+            if n == total {
+                break;
+            }
+            left = Some(total - n);
+        }
+        up = Some(o);
+    }
+}
+
 mod on_tokio_uring {
     use super::*;
     use tokio_uring::buf::BoundedBuf;
@@ -325,6 +396,7 @@ mod on_tokio_uring {
                 let listener = TcpListener::bind(listen)?;
                 loop {
                     let (client, _) = listener.accept().await?;
+                    client.set_nodelay(true)?;
                     tokio_uring::spawn(async move {
                         let _ = relay(client, origin).await;
                     });
@@ -332,62 +404,274 @@ mod on_tokio_uring {
             })
     }
 
-    /// Reads more into `buf` after its first `filled` bytes; 0 at the end of the stream.
-    async fn read(s: &TcpStream, buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
-        let (res, slice) = s.read(buf.slice(filled..)).await;
-        (res, slice.into_inner())
+    impl Sock for TcpStream {
+        fn fd(&self) -> RawFd {
+            self.as_raw_fd()
+        }
+
+        async fn read(&self, buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
+            let (res, slice) = TcpStream::read(self, buf.slice(filled..)).await;
+            (res, slice.into_inner())
+        }
+
+        fn connect(origin: SocketAddr) -> io::Result<Self> {
+            Ok(TcpStream::from_std(connect(origin)?))
+        }
+    }
+}
+
+/// The least an async runtime of one's own needs to run the relay: tasks in a slab polled
+/// from a queue of the ones woken, wakers that are task indices, operations whose futures
+/// own their buffers (left to the slot until the completion if dropped in flight), one
+/// `io_uring_enter` per turn that submits and waits.
+mod own {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::future::Future;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::pin::Pin;
+    use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+    use super::*;
+
+    type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+    enum Slot {
+        Free,
+        Waiting(Option<Waker>),
+        Done(i32),
+        /// Its future was dropped in flight: the buffer waits here for the completion.
+        Abandoned(#[allow(dead_code)] Vec<u8>),
     }
 
-    async fn relay(client: TcpStream, origin: SocketAddr) -> io::Result<()> {
-        client.set_nodelay(true)?;
-        let mut up: Option<TcpStream> = None;
-        let mut buf = vec![0u8; CAP];
-        loop {
-            let mut filled = 0;
-            while head_end(&buf[..filled]).is_none() {
-                if filled == CAP {
-                    return Err(io::Error::other("request head too long"));
-                }
-                let (res, b) = read(&client, buf, filled).await;
-                buf = b;
-                match res? {
-                    0 => return Ok(()),
-                    n => filled += n,
-                }
+    struct Runtime {
+        ring: IoUring,
+        ops: Vec<Slot>,
+        free_ops: Vec<usize>,
+        tasks: Vec<Option<Task>>,
+        free_tasks: Vec<usize>,
+    }
+
+    thread_local! {
+        static RT: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+        static READY: RefCell<VecDeque<usize>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    fn with<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
+        RT.with(|rt| {
+            let mut rt = rt.borrow_mut();
+            let rt = rt
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("outside the runtime"));
+            f(rt)
+        })
+    }
+
+    // A waker is the index of its task; waking queues it on this thread.
+    const VTABLE: RawWakerVTable = RawWakerVTable::new(
+        |data| RawWaker::new(data, &VTABLE),
+        |data| wake(data as usize),
+        |data| wake(data as usize),
+        |_| {},
+    );
+
+    fn wake(task: usize) {
+        READY.with(|r| r.borrow_mut().push_back(task));
+    }
+
+    fn waker(task: usize) -> Waker {
+        // SAFETY: the vtable's functions only copy the index or queue it; none dereferences
+        // the data pointer.
+        unsafe { Waker::from_raw(RawWaker::new(task as *const (), &VTABLE)) }
+    }
+
+    pub(super) fn spawn(f: impl Future<Output = ()> + 'static) {
+        let task = with(|rt| match rt.free_tasks.pop() {
+            Some(i) => {
+                rt.tasks[i] = Some(Box::pin(f));
+                i
             }
-            let o = match up.take() {
-                Some(o) => o,
-                None => TcpStream::from_std(connect(origin)?),
-            };
-            send_all(o.as_raw_fd(), &buf[..filled])?;
-            filled = 0;
-            let mut left = None;
-            loop {
-                let (res, b) = read(&o, buf, filled).await;
-                buf = b;
-                match res? {
-                    0 => return Err(io::Error::other("origin closed")),
-                    n => filled += n,
+            None => {
+                rt.tasks.push(Some(Box::pin(f)));
+                rt.tasks.len() - 1
+            }
+        });
+        wake(task);
+    }
+
+    /// An operation in flight, owning the buffer its entry points into.
+    struct Op {
+        slot: usize,
+        buf: Option<Vec<u8>>,
+    }
+
+    /// Submits `entry` (whose buffer, if any, is `buf`'s heap block).
+    fn submit(entry: io_uring::squeue::Entry, buf: Option<Vec<u8>>) -> Op {
+        with(|rt| {
+            let slot = match rt.free_ops.pop() {
+                Some(i) => {
+                    rt.ops[i] = Slot::Waiting(None);
+                    i
                 }
-                let total = match left {
-                    Some(left) => left,
-                    None => match head_end(&buf[..filled]) {
-                        Some(end) => response_len(&buf[..end])?,
-                        None if filled == CAP => {
-                            return Err(io::Error::other("response head too long"))
-                        }
-                        None => continue,
-                    },
-                };
-                let n = filled.min(total);
-                send_all(client.as_raw_fd(), &buf[..n])?;
-                filled = 0;
-                if n == total {
+                None => {
+                    rt.ops.push(Slot::Waiting(None));
+                    rt.ops.len() - 1
+                }
+            };
+            let entry = entry.user_data(slot as u64);
+            // SAFETY: the entry's buffer is `buf`'s heap block, which the returned Op owns
+            // and, if dropped before the completion, leaves in the slot until it arrives.
+            while unsafe { rt.ring.submission().push(&entry) }.is_err() {
+                if rt.ring.submit().is_err() {
                     break;
                 }
-                left = Some(total - n);
             }
-            up = Some(o);
+            Op { slot, buf }
+        })
+    }
+
+    impl Future for Op {
+        type Output = (i32, Option<Vec<u8>>);
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let slot = self.slot;
+            let done = with(|rt| match &mut rt.ops[slot] {
+                Slot::Done(res) => {
+                    let res = *res;
+                    rt.ops[slot] = Slot::Free;
+                    rt.free_ops.push(slot);
+                    Some(res)
+                }
+                Slot::Waiting(w) => {
+                    *w = Some(cx.waker().clone());
+                    None
+                }
+                Slot::Free | Slot::Abandoned(_) => unreachable!("an op polled after completion"),
+            });
+            match done {
+                Some(res) => {
+                    self.slot = usize::MAX;
+                    Poll::Ready((res, self.buf.take()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl Drop for Op {
+        fn drop(&mut self) {
+            if self.slot == usize::MAX {
+                return;
+            }
+            let buf = self.buf.take().unwrap_or_default();
+            with(|rt| {
+                if let Slot::Done(_) = rt.ops[self.slot] {
+                    // Completed, never polled since: the kernel is done with the buffer.
+                    rt.ops[self.slot] = Slot::Free;
+                    rt.free_ops.push(self.slot);
+                } else {
+                    rt.ops[self.slot] = Slot::Abandoned(buf);
+                }
+            });
+        }
+    }
+
+    pub(super) struct Conn(OwnedFd);
+
+    impl Sock for Conn {
+        fn fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+
+        async fn read(&self, mut buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
+            let rest = &mut buf[filled..];
+            let (ptr, len) = (rest.as_mut_ptr(), rest.len() as u32);
+            let entry = opcode::Read::new(types::Fd(self.fd()), ptr, len).build();
+            let (res, buf) = submit(entry, Some(buf)).await;
+            let buf = buf.unwrap_or_default();
+            match usize::try_from(res) {
+                Ok(n) => (Ok(n), buf),
+                Err(_) => (Err(io::Error::from_raw_os_error(-res)), buf),
+            }
+        }
+
+        fn connect(origin: SocketAddr) -> io::Result<Self> {
+            Ok(Conn(connect(origin)?.into()))
+        }
+    }
+
+    pub(super) fn run(listen: SocketAddr, origin: SocketAddr) -> io::Result<()> {
+        let listener = TcpListener::bind(listen)?;
+        let ring = IoUring::builder().setup_coop_taskrun().build(4096)?;
+        RT.with(|rt| {
+            *rt.borrow_mut() = Some(Runtime {
+                ring,
+                ops: Vec::new(),
+                free_ops: Vec::new(),
+                tasks: Vec::new(),
+                free_tasks: Vec::new(),
+            })
+        });
+        spawn(async move {
+            loop {
+                let entry = opcode::Accept::new(
+                    types::Fd(listener.as_raw_fd()),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+                .build();
+                let (fd, _) = submit(entry, None).await;
+                if fd < 0 {
+                    continue;
+                }
+                // SAFETY: `fd` is the socket the accept just made, owned by nothing else.
+                let client = std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                if client.set_nodelay(true).is_ok() {
+                    spawn(async move {
+                        let _ = relay(Conn(client.into()), origin).await;
+                    });
+                }
+            }
+        });
+        let mut woken = Vec::new();
+        loop {
+            while let Some(i) = READY.with(|r| r.borrow_mut().pop_front()) {
+                let Some(mut task) = with(|rt| rt.tasks.get_mut(i).and_then(Option::take)) else {
+                    continue;
+                };
+                let w = waker(i);
+                if task
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&w))
+                    .is_pending()
+                {
+                    with(|rt| rt.tasks[i] = Some(task));
+                } else {
+                    with(|rt| rt.free_tasks.push(i));
+                }
+            }
+            with(|rt| -> io::Result<()> {
+                rt.ring.submit_and_wait(1)?;
+                let Runtime {
+                    ring,
+                    ops,
+                    free_ops,
+                    ..
+                } = rt;
+                for c in ring.completion() {
+                    let slot = c.user_data() as usize;
+                    match std::mem::replace(&mut ops[slot], Slot::Done(c.result())) {
+                        Slot::Waiting(w) => woken.extend(w),
+                        Slot::Abandoned(_) => {
+                            ops[slot] = Slot::Free;
+                            free_ops.push(slot);
+                        }
+                        Slot::Free | Slot::Done(_) => {}
+                    }
+                }
+                Ok(())
+            })?;
+            woken.drain(..).for_each(Waker::wake);
         }
     }
 }
