@@ -441,7 +441,9 @@ mod own {
         Waiting(Option<Waker>),
         Done(i32),
         /// Its future was dropped in flight: the buffer waits here for the completion.
-        Abandoned(#[allow(dead_code)] Vec<u8>),
+        Abandoned {
+            _buf: Vec<u8>,
+        },
     }
 
     struct Runtime {
@@ -546,7 +548,9 @@ mod own {
                     *w = Some(cx.waker().clone());
                     None
                 }
-                Slot::Free | Slot::Abandoned(_) => unreachable!("an op polled after completion"),
+                Slot::Free | Slot::Abandoned { .. } => {
+                    unreachable!("an op polled after completion")
+                }
             });
             match done {
                 Some(res) => {
@@ -570,7 +574,7 @@ mod own {
                     rt.ops[self.slot] = Slot::Free;
                     rt.free_ops.push(self.slot);
                 } else {
-                    rt.ops[self.slot] = Slot::Abandoned(buf);
+                    rt.ops[self.slot] = Slot::Abandoned { _buf: buf };
                 }
             });
         }
@@ -662,7 +666,7 @@ mod own {
                     let slot = c.user_data() as usize;
                     match std::mem::replace(&mut ops[slot], Slot::Done(c.result())) {
                         Slot::Waiting(w) => woken.extend(w),
-                        Slot::Abandoned(_) => {
+                        Slot::Abandoned { .. } => {
                             ops[slot] = Slot::Free;
                             free_ops.push(slot);
                         }
