@@ -1,6 +1,7 @@
-//! The least a relayed request can cost on one core, on an event loop of its own and on
-//! tokio-uring, so that `bench/run` (`BENCH_FLOOR=1`) can put numbers on what tailgate's
-//! async runtime costs per request.
+//! The least a relayed request can cost on one core, on an event loop of its own, on
+//! tokio-uring and on monoio, so that `bench/run` (`BENCH_FLOOR=1`) can put numbers on what
+//! tailgate's async runtime costs per request (`bench/floor/at-load` compares them at one
+//! request rate).
 //!
 //! Each mode relays the request it reads verbatim to the origin and the origin's response
 //! verbatim back, one request at a time per client connection, over one origin connection
@@ -20,11 +21,13 @@
 //! - `own-async`: the same async relay (the same code) on the least runtime of one's own
 //!   (module `own`), on the same ring set-up and read operation: what tailgate, keeping
 //!   its async code, could expect from replacing tokio and tokio-uring.
+//! - `monoio`: the same async relay on monoio, a thread-per-core io_uring runtime that
+//!   waits in `io_uring_enter` (no epoll, no tokio): what a runtime off the shelf gives.
 //!
 //! Not a server: requests are framed by their blank line (no bodies), responses by
 //! `Content-Length`; anything else ends the connection.
 //!
-//! usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring|own-async LISTEN_PORT ORIGIN_PORT
+//! usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring|own-async|monoio LISTEN_PORT ORIGIN_PORT
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -47,7 +50,7 @@ fn main() {
     };
     let Some((mode, listen, origin)) = parsed else {
         eprintln!(
-            "usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring|own-async LISTEN_PORT ORIGIN_PORT"
+            "usage: tailgate-floor ring|ring-coop|ring-read|tokio-uring|own-async|monoio LISTEN_PORT ORIGIN_PORT"
         );
         std::process::exit(2);
     };
@@ -59,6 +62,7 @@ fn main() {
         "ring-read" => ring::run(listen, origin, ring::Setup::Coop, ring::Op::Read),
         "tokio-uring" => on_tokio_uring::run(listen, origin),
         "own-async" => own::run(listen, origin),
+        "monoio" => on_monoio::run(listen, origin),
         _ => Err(io::Error::other(format!("unknown mode {mode}"))),
     };
     if let Err(e) = result {
@@ -321,7 +325,7 @@ trait Sock: Sized {
 
     /// Reads more into `buf` after its first `filled` bytes; 0 at the end of the stream.
     fn read(
-        &self,
+        &mut self,
         buf: Vec<u8>,
         filled: usize,
     ) -> impl std::future::Future<Output = (io::Result<usize>, Vec<u8>)>;
@@ -330,7 +334,7 @@ trait Sock: Sized {
 }
 
 /// The async modes' relay: requests from `client` to the origin, responses back.
-async fn relay<S: Sock>(client: S, origin: SocketAddr) -> io::Result<()> {
+async fn relay<S: Sock>(mut client: S, origin: SocketAddr) -> io::Result<()> {
     let mut up: Option<S> = None;
     let mut buf = vec![0u8; CAP];
     loop {
@@ -346,7 +350,7 @@ async fn relay<S: Sock>(client: S, origin: SocketAddr) -> io::Result<()> {
                 n => filled += n,
             }
         }
-        let o = match up.take() {
+        let mut o = match up.take() {
             Some(o) => o,
             None => S::connect(origin)?,
         };
@@ -409,13 +413,52 @@ mod on_tokio_uring {
             self.as_raw_fd()
         }
 
-        async fn read(&self, buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
+        async fn read(&mut self, buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
             let (res, slice) = TcpStream::read(self, buf.slice(filled..)).await;
             (res, slice.into_inner())
         }
 
         fn connect(origin: SocketAddr) -> io::Result<Self> {
             Ok(TcpStream::from_std(connect(origin)?))
+        }
+    }
+}
+
+mod on_monoio {
+    use super::*;
+    use monoio::buf::{IoBufMut, SliceMut};
+    use monoio::io::AsyncReadRent;
+    use monoio::net::{TcpListener, TcpStream};
+
+    pub(super) fn run(listen: SocketAddr, origin: SocketAddr) -> io::Result<()> {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(4096)
+            .build()?;
+        rt.block_on(async move {
+            let listener = TcpListener::bind(listen)?;
+            loop {
+                let (client, _) = listener.accept().await?;
+                client.set_nodelay(true)?;
+                monoio::spawn(async move {
+                    let _ = relay(client, origin).await;
+                });
+            }
+        })
+    }
+
+    impl Sock for TcpStream {
+        fn fd(&self) -> RawFd {
+            self.as_raw_fd()
+        }
+
+        async fn read(&mut self, buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
+            let (res, slice): (_, SliceMut<Vec<u8>>) =
+                AsyncReadRent::read(self, buf.slice_mut(filled..)).await;
+            (res, slice.into_inner())
+        }
+
+        fn connect(origin: SocketAddr) -> io::Result<Self> {
+            TcpStream::from_std(connect(origin)?)
         }
     }
 }
@@ -587,7 +630,7 @@ mod own {
             self.0.as_raw_fd()
         }
 
-        async fn read(&self, mut buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
+        async fn read(&mut self, mut buf: Vec<u8>, filled: usize) -> (io::Result<usize>, Vec<u8>) {
             let rest = &mut buf[filled..];
             let (ptr, len) = (rest.as_mut_ptr(), rest.len() as u32);
             let entry = opcode::Read::new(types::Fd(self.fd()), ptr, len).build();
