@@ -400,10 +400,11 @@ mod on_tokio_uring {
                 let listener = TcpListener::bind(listen)?;
                 loop {
                     let (client, _) = listener.accept().await?;
-                    client.set_nodelay(true)?;
-                    tokio_uring::spawn(async move {
-                        let _ = relay(client, origin).await;
-                    });
+                    if client.set_nodelay(true).is_ok() {
+                        tokio_uring::spawn(async move {
+                            let _ = relay(client, origin).await;
+                        });
+                    }
                 }
             })
     }
@@ -438,10 +439,11 @@ mod on_monoio {
             let listener = TcpListener::bind(listen)?;
             loop {
                 let (client, _) = listener.accept().await?;
-                client.set_nodelay(true)?;
-                monoio::spawn(async move {
-                    let _ = relay(client, origin).await;
-                });
+                if client.set_nodelay(true).is_ok() {
+                    monoio::spawn(async move {
+                        let _ = relay(client, origin).await;
+                    });
+                }
             }
         })
     }
