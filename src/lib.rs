@@ -10,6 +10,7 @@ pub mod object;
 pub mod pack;
 pub mod relay;
 pub mod route;
+pub mod rt;
 pub mod server;
 pub mod sock;
 pub mod timer;

@@ -1,18 +1,9 @@
-//! Socket calls made directly on a tokio-uring socket, beside the ring.
+//! Socket calls made directly on a ring socket, beside the ring.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
-
-/// The descriptor of a tokio-uring socket (which implements only `AsRawFd`).
-#[allow(unsafe_code)]
-pub fn socket_fd(sock: &TcpStream) -> BorrowedFd<'_> {
-    // SAFETY: `sock` owns its descriptor and closes it only when dropped, which the borrow
-    // of `sock` rules out for the returned lifetime.
-    unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
-}
+use crate::rt::net::TcpStream;
 
 /// Sets `TCP_NOTSENT_LOWAT`: a write to `sock` takes bytes only while fewer than `bytes` of
 /// those written before are still unsent, and the socket counts as writable again once
@@ -25,7 +16,7 @@ pub fn set_notsent_lowat(sock: &TcpStream, bytes: u32) -> io::Result<()> {
     // C int that outlives the call, and its size is the length passed.
     let rc = unsafe {
         libc::setsockopt(
-            socket_fd(sock).as_raw_fd(),
+            sock.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_NOTSENT_LOWAT,
             std::ptr::from_ref(&v).cast(),
@@ -49,7 +40,7 @@ pub fn send_now(sock: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>
     if bufs.iter().map(|b| b.len()).sum::<usize>() > SEND_NOW_MAX {
         return Ok(0);
     }
-    let fd = socket_fd(sock);
+    let fd = sock.as_fd();
     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
     let res = match bufs {
         [one] => socket2::SockRef::from(&fd).send_with_flags(one, flags),
@@ -79,8 +70,8 @@ pub async fn write_all(sock: &TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u
     if sent == buf.len() {
         return (Ok(()), buf);
     }
-    let (res, slice) = sock.write_all(buf.slice(sent..)).await;
-    (res, slice.into_inner())
+    let end = buf.len();
+    sock.write_all(buf, sent..end).await
 }
 
 #[cfg(test)]
@@ -98,7 +89,7 @@ mod tests {
 
     #[test]
     fn sends_small_writes_at_once_and_leaves_the_rest_to_the_ring() {
-        tokio_uring::start(async {
+        crate::rt::start(async {
             let (ours, mut theirs) = pair();
             let (a, b) = (b"GET / HTTP/1.1\r\n".to_vec(), b"\r\n".to_vec());
             let both = [io::IoSlice::new(&a), io::IoSlice::new(&b)];
@@ -122,12 +113,13 @@ mod tests {
                 assert!(total < 1 << 30, "a socket buffer is not a gigabyte");
             }
             assert!(total > 0);
-        });
+        })
+        .unwrap();
     }
 
     #[test]
     fn a_closed_peer_is_an_error_not_a_signal() {
-        tokio_uring::start(async {
+        crate::rt::start(async {
             let (ours, theirs) = pair();
             drop(theirs);
             let byte = [io::IoSlice::new(b"x")];
@@ -144,6 +136,7 @@ mod tests {
                 failed,
                 "sending to a closed peer fails with EPIPE or ECONNRESET"
             );
-        });
+        })
+        .unwrap();
     }
 }

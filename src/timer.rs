@@ -1,10 +1,11 @@
 //! A worker's I/O timeouts: one slot per connection and one sweeper task, instead of a
-//! tokio timer per operation.
+//! runtime timer per operation.
 //!
 //! Every socket operation of a connection is bounded by a timeout (SPEC §5: the gap between
 //! two successive operations), so a 4 KiB range costs four or five of them. A tokio timer
-//! per operation reads the clock, enters the timer wheel on the operation's first poll and
-//! leaves it when the operation ends — about 130 ns each, although almost none ever fires.
+//! per operation (measured when tailgate ran on tokio) reads the clock, enters the timer
+//! wheel on the operation's first poll and leaves it when the operation ends — about 130 ns
+//! each, although almost none ever fires.
 //! Here an operation writes its deadline into its connection's slot (a coarse clock read
 //! and a store, as nginx stamps its timers with its cached time) and the worker's sweeper
 //! sleeps until the earliest deadline it knows of, wakes the connections whose deadline
@@ -19,9 +20,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::time::{clock_gettime, ClockId};
 use slab::Slab;
@@ -92,7 +93,7 @@ impl Timers {
     /// Runs forever on the worker: wakes every connection whose deadline has passed. The
     /// worker's timeouts fire only while this runs.
     pub async fn sweep(&self) {
-        let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut sleep = crate::rt::time::sleep(Duration::ZERO);
         let mut armed = NEVER;
         let mut last = 0u64;
         poll_fn(|cx| loop {
@@ -120,13 +121,9 @@ impl Timers {
             if target != armed {
                 armed = target;
                 let wait = Duration::from_nanos(target.saturating_sub(now));
-                sleep.as_mut().reset(
-                    tokio::time::Instant::now()
-                        .checked_add(wait)
-                        .unwrap_or_else(far),
-                );
+                sleep.reset(Instant::now().checked_add(wait).unwrap_or_else(far));
             }
-            if sleep.as_mut().poll(cx).is_pending() {
+            if Pin::new(&mut sleep).poll(cx).is_pending() {
                 return Poll::Pending;
             }
             // The sleep ended: sweep again (the loop reads the clock anew).
@@ -265,8 +262,8 @@ impl<F: Future> Future for Within<'_, F> {
     }
 }
 
-fn far() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 fn nanos(clock: ClockId) -> u64 {
@@ -320,27 +317,21 @@ fn precise_now() -> u64 {
 mod tests {
     use super::*;
     use std::rc::Rc;
-    use std::time::Instant;
 
     /// Runs `body` with `timers`' sweeper as a task of its own, as on a worker (so the
     /// sweeper learns of an earlier deadline only through its waker), failing after 5 s.
     fn run<T>(timers: &Rc<Timers>, body: impl Future<Output = T>) -> T {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
         let sweeper = Rc::clone(timers);
-        local.spawn_local(async move { sweeper.sweep().await });
-        local
-            .block_on(&rt, async {
-                tokio::time::timeout(Duration::from_secs(5), body).await
-            })
-            .expect("the test body hung")
+        crate::rt::start(async move {
+            crate::rt::spawn(async move { sweeper.sweep().await });
+            crate::rt::time::timeout(Duration::from_secs(5), body).await
+        })
+        .unwrap()
+        .expect("the test body hung")
     }
 
-    fn sleep(ms: u64) -> tokio::time::Sleep {
-        tokio::time::sleep(Duration::from_millis(ms))
+    fn sleep(ms: u64) -> crate::rt::time::Sleep {
+        crate::rt::time::sleep(Duration::from_millis(ms))
     }
 
     #[test]

@@ -15,17 +15,17 @@ pub mod splice;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
 
 use crate::metrics::Segment as Kind;
 use crate::object::composite::{Composite, Segment};
 use crate::object::plan::Fetch;
 use crate::object::tail_cache::TailCache;
+use crate::rt::net::TcpStream;
 use crate::sock;
 use crate::timer::{Tick, Timer};
 use crate::upstream::{ErrorKind, SegmentBody, Upstream, UpstreamError};
@@ -453,7 +453,7 @@ impl Relay<'_> {
             if attempt > 0 {
                 let pause = self.upstream.backoff(self.block, attempt - 1, slept);
                 slept += pause;
-                tokio::time::sleep(pause).await;
+                crate::rt::time::sleep(pause).await;
                 if pos > f.start {
                     stats.resumes += 1;
                 }
@@ -644,7 +644,7 @@ impl Relay<'_> {
             }
             stats.first_write.get_or_insert_with(Instant::now);
         }
-        let Ok(link) = Link::new(src, sock::socket_fd(self.client)) else {
+        let Ok(link) = Link::new(src, self.client.as_fd()) else {
             Pipes::give(pipes, pipe);
             return None;
         };
@@ -872,15 +872,15 @@ impl Relay<'_> {
             }
         }
         while off < len {
-            let write = self.client.write(data.slice(off..len)).submit();
+            let write = self.client.write(data, off..len);
             match self.timer.within(self.send_timeout, write).await {
-                Ok((Ok(n), slice)) if n > 0 => {
-                    data = slice.into_inner();
+                Ok((Ok(n), back)) if n > 0 => {
+                    data = back;
                     off += n;
                 }
-                Ok((_, slice)) => {
+                Ok((_, back)) => {
                     let _ = self.client.shutdown(Shutdown::Both);
-                    return (Err(()), slice.into_inner());
+                    return (Err(()), back);
                 }
                 Err(_) => {
                     let _ = self.client.shutdown(Shutdown::Both);

@@ -5,20 +5,21 @@
 //! `relay_buffer_size`, and it is filled only as the client drains it, so the rule of one
 //! segment at a time and memory bounded by configuration stay as they are.
 //!
-//! io_uring has no use here (tokio-uring offers no splice), so both sockets are switched to
-//! non-blocking for the transfer and waited on through tokio's readiness reactor, which the
-//! io_uring runtime drives; they are switched back before any io_uring operation runs on
-//! them again.
+//! Both sockets are switched to non-blocking for the transfer, spliced directly, and waited
+//! on by a ring poll when one cannot move; they are switched back before any other ring
+//! operation runs on them again.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::pipe::SpliceFlags;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+
+use crate::rt;
+use crate::rt::time::timeout;
 
 /// Bodies shorter than this are relayed through the buffer: one read and one write cost
 /// less than setting up a splice.
@@ -119,26 +120,23 @@ pub struct Timeouts {
     pub send: Duration,
 }
 
-/// A socket switched to non-blocking and registered with the readiness reactor for one
-/// transfer. The registration is on a duplicate descriptor the reactor owns, so it is open
-/// for as long as the registration lives; dropping it deregisters, closes the duplicate and
-/// makes the socket blocking again for io_uring.
+/// A socket switched to non-blocking for one transfer, and a duplicate of its descriptor
+/// for the ring's polls: a poll abandoned at a timeout holds the duplicate until the kernel
+/// lets go, however soon the transfer's sockets are closed. Dropping it makes the socket
+/// blocking again for the ring's reads and writes.
 struct Ready<'a> {
     sock: BorrowedFd<'a>,
-    fd: AsyncFd<OwnedFd>,
+    fd: Rc<OwnedFd>,
 }
 
 impl<'a> Ready<'a> {
-    fn new(sock: BorrowedFd<'a>, interest: Interest) -> io::Result<Ready<'a>> {
+    fn new(sock: BorrowedFd<'a>) -> io::Result<Ready<'a>> {
         let dup = rustix::io::fcntl_dupfd_cloexec(sock, 0)?;
         rustix::io::ioctl_fionbio(sock, true)?;
-        match register(dup, interest) {
-            Ok(fd) => Ok(Ready { sock, fd }),
-            Err(e) => {
-                let _ = rustix::io::ioctl_fionbio(sock, false);
-                Err(e)
-            }
-        }
+        Ok(Ready {
+            sock,
+            fd: Rc::new(dup),
+        })
     }
 }
 
@@ -146,14 +144,6 @@ impl Drop for Ready<'_> {
     fn drop(&mut self) {
         let _ = rustix::io::ioctl_fionbio(self.sock, false);
     }
-}
-
-#[allow(unsafe_code)]
-fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: the `AsyncFd` owns `fd`, so the descriptor stays open and refers to the same
-    // file description for the registration's whole lifetime, and `OwnedFd::as_raw_fd`
-    // always returns that descriptor.
-    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
 }
 
 /// The two sockets of a transfer, ready for non-blocking splices.
@@ -172,8 +162,8 @@ impl<'a> Link<'a> {
         Ok(Link {
             src,
             dst,
-            source: Ready::new(src, Interest::READABLE)?,
-            sink: Ready::new(dst, Interest::WRITABLE)?,
+            source: Ready::new(src)?,
+            sink: Ready::new(dst)?,
         })
     }
 
@@ -223,13 +213,13 @@ impl<'a> Link<'a> {
             }
             // Neither side can move: wait for the one that holds the transfer up.
             if sink_blocked {
-                let moved = wait(&self.sink.fd, Interest::WRITABLE, timeouts.send, || {
+                let moved = wait(&self.sink.fd, libc::POLLOUT, timeouts.send, || {
                     drain(dst, pipe)
                 });
                 progress.written += moved.await.map_err(|_| Failure::Client)?;
             } else if source_blocked && pipe.held == 0 {
                 let since = Instant::now();
-                let moved = wait(&self.source.fd, Interest::READABLE, timeouts.read, || {
+                let moved = wait(&self.source.fd, libc::POLLIN, timeouts.read, || {
                     fill(src, pipe, left)
                 });
                 let moved = moved.await;
@@ -300,32 +290,24 @@ fn retry_intr(mut f: impl FnMut() -> Result<usize, Errno>) -> Result<usize, Errn
 /// Waits until `op` moves bytes (readiness reported, and the move did not find the socket
 /// blocked after all), or `limit` passes with no move.
 async fn wait(
-    fd: &AsyncFd<OwnedFd>,
-    interest: Interest,
+    fd: &Rc<OwnedFd>,
+    events: i16,
     limit: Duration,
     mut op: impl FnMut() -> Result<u64, Step>,
 ) -> Result<u64, UpstreamFailure> {
     let attempt = async {
         loop {
-            let mut guard = fd.ready(interest).await.map_err(UpstreamFailure::Io)?;
-            let mut failure = None;
-            let moved = guard.try_io(|_| match op() {
-                Ok(n) => Ok(n),
-                Err(Step::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(Step::Failed(f)) => {
-                    failure = Some(f);
-                    Ok(0)
-                }
-            });
-            if let Some(f) = failure {
-                return Err(f);
-            }
-            if let Ok(Ok(n)) = moved {
-                return Ok(n);
+            rt::net::ready(fd, events)
+                .await
+                .map_err(UpstreamFailure::Io)?;
+            match op() {
+                Ok(n) => return Ok(n),
+                Err(Step::WouldBlock) => {}
+                Err(Step::Failed(f)) => return Err(f),
             }
         }
     };
-    tokio::time::timeout(limit, attempt)
+    timeout(limit, attempt)
         .await
         .unwrap_or(Err(UpstreamFailure::Timeout))
 }

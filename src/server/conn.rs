@@ -11,9 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
-
 use crate::conf::Http;
 use crate::http::chunked::{ChunkError, ChunkedDiscard};
 use crate::http::request::{self, Body, Method, ParseError, Parsed, RequestHead};
@@ -27,6 +24,7 @@ use crate::object::plan;
 use crate::object::range::{self, ByteRange, RangeOutcome};
 use crate::relay::{End, Held, Piece, Relay, Stats as RelayStats};
 use crate::route::{self, Route, RouteError};
+use crate::rt::net::TcpStream;
 use crate::sock;
 use crate::timer::{Tick, Timer};
 use crate::upstream::{ErrorKind, UpstreamError};
@@ -88,8 +86,8 @@ fn error_response(f: &Failure) -> (u16, bool) {
 }
 
 /// Serves one client connection until it closes, then counts it out of the worker's
-/// active connections. An idle connection's task is mostly this future, and tokio allocates
-/// tasks in 128-byte steps (512 bytes with this one), so it is kept lean: not an `async fn`
+/// active connections. An idle connection's task is mostly this future (boxed at its own
+/// size), so it is kept lean: not an `async fn`
 /// (that keeps a second copy of the arguments for the task's whole life), the idle read
 /// awaited here directly, and everything a request needs in one boxed future.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
@@ -125,10 +123,10 @@ pub(super) fn serve(
                     Next::Error(e) => break Err(e),
                     Next::Read { wait, start, end } => (wait, start, end),
                 };
-                let read = stream.read(std::mem::take(&mut buf).slice(start..end));
+                let read = stream.read(std::mem::take(&mut buf), start..end);
                 match timer.within(wait, read).await {
-                    Ok((Ok(n), slice)) if n > 0 => {
-                        buf = slice.into_inner();
+                    Ok((Ok(n), back)) if n > 0 => {
+                        buf = back;
                         gauge.set(ConnState::Reading);
                     }
                     // The peer closed or failed: close without a response.
@@ -439,10 +437,10 @@ async fn discard_body(
             return (Ok(()), buf);
         }
         // Everything in `buf` was body: read more into the (now empty) head buffer.
-        let read = client.stream.read(buf.slice(0..cap));
+        let read = client.stream.read(buf, 0..cap);
         match client.timer.within(timeout, read).await {
-            Ok((Ok(got), slice)) if got > 0 => buf = slice.into_inner(),
-            Ok((_, slice)) => return (Err(None), slice.into_inner()),
+            Ok((Ok(got), back)) if got > 0 => buf = back,
+            Ok((_, back)) => return (Err(None), back),
             Err(_) => {
                 let _ = client.stream.shutdown(Shutdown::Both);
                 return (Err(None), Vec::with_capacity(cap));
@@ -946,7 +944,12 @@ async fn linger_close(client: Client<'_>) {
     while budget > 0 {
         let wait = deadline.saturating_duration_since(Instant::now());
         scratch.clear();
-        match client.timer.within(wait, client.stream.read(scratch)).await {
+        let cap = scratch.capacity();
+        match client
+            .timer
+            .within(wait, client.stream.read(scratch, 0..cap))
+            .await
+        {
             Ok((Ok(n), back)) if n > 0 => {
                 budget = budget.saturating_sub(n);
                 scratch = back;

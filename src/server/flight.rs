@@ -107,11 +107,7 @@ mod tests {
     use std::time::Duration;
 
     fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(tokio::task::LocalSet::new().run_until(f))
+        crate::rt::start(f).unwrap()
     }
 
     /// A fetch that takes a while and counts itself.
@@ -120,7 +116,7 @@ mod tests {
         value: Result<u32, &'static str>,
     ) -> Result<u32, &'static str> {
         calls.set(calls.get() + 1);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::rt::time::sleep(Duration::from_millis(20)).await;
         value
     }
 
@@ -164,7 +160,7 @@ mod tests {
             let waiter = flights.run("m", || slow(&calls, Ok(2)));
             let second = flights.run("m", || slow(&calls, Ok(3)));
             // The first fetch is cut short (its request went away) while the others wait.
-            let cut = tokio::time::timeout(Duration::from_millis(5), first);
+            let cut = crate::rt::time::timeout(Duration::from_millis(5), first);
             let (cut, got, also) = tokio::join!(cut, waiter, second);
             assert!(cut.is_err());
             // One waiter fetched in its place, the other shared that fetch.

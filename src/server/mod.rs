@@ -1,5 +1,5 @@
 //! Process level: load the conf, bind, run one OS thread per worker (each with its own
-//! tokio-uring runtime and SO_REUSEPORT listener), and handle signals as nginx does:
+//! io_uring runtime and SO_REUSEPORT listener), and handle signals as nginx does:
 //! `SIGHUP` reloads the conf, `SIGUSR1` reopens the log files, `SIGQUIT` drains and exits,
 //! `SIGTERM`/`SIGINT` exit at once.
 

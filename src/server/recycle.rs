@@ -205,19 +205,20 @@ mod tests {
     fn futures_borrowing_locals_run_in_a_runtime() {
         let r = Recycler::default();
         let text = String::from("borrowed");
-        let n = tokio_uring::start(async {
+        let n = crate::rt::start(async {
             let mut total = 0;
             for _ in 0..3 {
                 let t = &text;
                 total += r
                     .pin(async move {
-                        tokio::task::yield_now().await;
+                        crate::rt::yield_now().await;
                         t.len()
                     })
                     .await;
             }
             total
-        });
+        })
+        .unwrap();
         assert_eq!(n, 3 * text.len());
         assert_eq!(r.kept(), 1);
     }

@@ -1,5 +1,5 @@
-//! One worker: a tokio-uring runtime on its own thread, its listeners, and its per-worker
-//! state (upstream pool, manifest cache, counters). The state is `!Send` and lock-free; a
+//! One worker: an io_uring runtime (`crate::rt`) on its own thread, its listeners, and its
+//! per-worker state (upstream pool, manifest cache, counters). The state is `!Send` and lock-free; a
 //! reload builds a new generation of it, which new requests use while requests in flight
 //! finish on the one they started with.
 
@@ -18,6 +18,7 @@ use crate::object::manifest::{Cache, Manifest};
 use crate::object::tail_cache::TailCache;
 use crate::relay::splice::Pipes;
 use crate::relay::{Buffers, LargeBuffers};
+use crate::rt::{self, net::TcpListener};
 use crate::timer::{Tick, Timers};
 use crate::upstream::addresses::Addresses;
 use crate::upstream::Upstream;
@@ -223,14 +224,15 @@ pub(super) fn run(
         timers: Timers::new(),
         recycler: Recycler::default(),
     });
-    runtime().start(async move {
+    rt::start(async move {
         let timers = Rc::clone(&worker);
-        tokio_uring::spawn(async move { timers.timers.sweep().await });
+        rt::spawn(async move { timers.timers.sweep().await });
         let sweeper = Rc::clone(&worker);
-        tokio_uring::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+        rt::spawn(async move {
+            let mut next = Instant::now();
             loop {
-                tick.tick().await;
+                rt::time::sleep_until(next).await;
+                next += Duration::from_secs(1);
                 let state = sweeper.state();
                 state.upstream.sweep();
                 let registry = &sweeper.shared.registry;
@@ -244,39 +246,18 @@ pub(super) fn run(
                 }
             }
         });
-        let mut accepts = Vec::new();
         for l in listeners {
-            let listener = tokio_uring::net::TcpListener::from_std(l);
-            accepts.push(tokio_uring::spawn(accept_loop(
-                listener,
-                Rc::clone(&worker),
-            )));
+            let listener = TcpListener::from_std(l);
+            rt::spawn(accept_loop(listener, Rc::clone(&worker)));
         }
-        for a in accepts {
-            let _ = a.await;
-        }
-        // Draining: keep the runtime alive for the connections still being served; the
-        // process exits when they are done or shutdown_timeout passes.
+        // The accept loops end when draining; the runtime stays up for the connections still
+        // being served, and the process exits when they are done or shutdown_timeout passes.
         std::future::pending::<()>().await;
-    });
-    Ok(())
+    })
+    .map_err(|e| format!("worker {id}: io_uring: {e}"))
 }
 
-/// The worker's io_uring runtime. With `IORING_SETUP_COOP_TASKRUN` (Linux 5.19+) the kernel
-/// runs completion work when the worker next enters it instead of interrupting it with an
-/// IPI for every completion that another CPU produced; where the kernel lacks it, the
-/// default setup is used.
-fn runtime() -> tokio_uring::Builder {
-    let mut coop = tokio_uring::uring_builder();
-    coop.setup_coop_taskrun();
-    let mut b = tokio_uring::builder();
-    if coop.build(8).is_ok() {
-        b.uring_builder(&coop);
-    }
-    b
-}
-
-async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>) {
+async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
     // At the fd limit every accept fails: log the first failure, then at most one summary
     // line a second, so a sustained EMFILE does not flood the error log.
     let mut throttle = log::Throttle::default();
@@ -297,7 +278,7 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
                     );
                 }
                 // EMFILE and friends: back off briefly rather than spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::rt::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -313,7 +294,7 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, worker: Rc<Worker>
         }
         worker.stats.handled.fetch_add(1, Ordering::Relaxed);
         worker.active.set(worker.active.get() + 1);
-        tokio_uring::spawn(conn::serve(stream, peer, Rc::clone(&worker)));
+        rt::spawn(conn::serve(stream, peer, Rc::clone(&worker)));
         if draining {
             return;
         }

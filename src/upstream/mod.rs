@@ -502,7 +502,7 @@ impl Upstream {
                     let pause = self.backoff(block, attempt, slept);
                     slept += pause;
                     attempt += 1;
-                    tokio::time::sleep(pause).await;
+                    crate::rt::time::sleep(pause).await;
                 }
                 Err(e) => return Err(e),
             }

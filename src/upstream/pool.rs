@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn newest_first_bounded_per_key_and_dead_ones_dropped() {
-        tokio_uring::start(async {
+        crate::rt::start(async {
             let (conns, mut peers) = connections(5).await;
             let fds: Vec<_> = conns.iter().map(Transport::raw_fd).collect();
             let t0 = Tick::now();
@@ -182,7 +182,7 @@ mod tests {
             pool.checkin(0, got, 2, at(5));
             // Past FRESH an idle connection is checked: key 0's newest peer closes.
             drop(peers.remove(2));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            crate::rt::time::sleep(Duration::from_millis(50)).await;
             let got = pool.checkout(0, at(7), long).unwrap();
             assert_eq!(
                 got.raw_fd(),
@@ -198,13 +198,14 @@ mod tests {
             pool.checkin(1, got, 2, at(8));
             pool.checkin(1, conns.next().unwrap(), 2, at(9));
             drop(peers.remove(0));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            crate::rt::time::sleep(Duration::from_millis(50)).await;
             pool.sweep(at(9), |_| long);
             assert_eq!(pool.idle_count(), 1);
             let got = pool.checkout(1, at(9), long).unwrap();
             assert_eq!(got.raw_fd(), fds[4]);
             pool.clear();
             assert!(pool.checkout(1, at(9), long).is_none());
-        });
+        })
+        .unwrap();
     }
 }

@@ -1,12 +1,12 @@
-//! One upstream connection: plain TCP or TLS. tokio-uring has no AsyncRead/AsyncWrite, so
-//! TLS is driven by hand: rustls's unbuffered API through the handshake, then the record
+//! One upstream connection: plain TCP or TLS. The ring's sockets lend buffers rather than
+//! implement AsyncRead/AsyncWrite, so TLS is driven by hand: rustls's unbuffered API through the handshake, then the record
 //! layer of [`super::record`], which opens records in the caller's own buffer. Reads append
 //! into the spare capacity of the caller's buffer and hand it back, `(result, buf)` style;
 //! neither path copies a body byte in user space.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
@@ -16,8 +16,8 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
 };
 use rustls::ClientConfig;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
+
+use crate::rt::net::TcpStream;
 
 use super::record::{self, Opened, Session};
 
@@ -92,10 +92,7 @@ impl Transport {
             return (Ok(0), buf);
         }
         match self {
-            Transport::Plain(s) => {
-                let (res, slice) = s.read(buf.slice(start..end)).await;
-                (res, slice.into_inner())
-            }
+            Transport::Plain(s) => s.read(buf, start..end).await,
             Transport::Tls(t) => t.read(buf, end).await,
         }
     }
@@ -119,7 +116,7 @@ impl Transport {
     /// The socket of a plain connection; `None` for TLS, whose bytes need decrypting.
     pub fn plain_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Transport::Plain(s) => Some(crate::sock::socket_fd(s)),
+            Transport::Plain(s) => Some(s.as_fd()),
             Transport::Tls(_) => None,
         }
     }
@@ -130,7 +127,7 @@ impl Transport {
 
     /// The address this connection was made to.
     pub fn peer(&self) -> io::Result<SocketAddr> {
-        socket2::SockRef::from(&crate::sock::socket_fd(self.stream()))
+        socket2::SockRef::from(self.stream())
             .peer_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("not an IP socket"))
@@ -243,8 +240,8 @@ impl Tls {
                     }
                     let at = incoming.len();
                     let cap = incoming.capacity();
-                    let (res, back) = sock.read(incoming.slice(at..cap)).await;
-                    incoming = back.into_inner();
+                    let (res, back) = sock.read(incoming, at..cap).await;
+                    incoming = back;
                     if res? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -359,8 +356,8 @@ impl Tls {
             buf.truncate(first + len - r);
             let at = buf.len();
             let read_end = buf.capacity().min(end.max(at + record::MAX_RECORD));
-            let (res, back) = self.sock.read(buf.slice(at..read_end)).await;
-            buf = back.into_inner();
+            let (res, back) = self.sock.read(buf, at..read_end).await;
+            buf = back;
             match res {
                 Ok(0) if buf.len() > first => {
                     buf.truncate(first);
@@ -615,7 +612,7 @@ mod tests {
             s.conn.send_close_notify();
             s.flush().unwrap();
         });
-        tokio_uring::start(async {
+        crate::rt::start(async {
             let mut t = connect(
                 addr, &dir, b"one
 ",
@@ -632,7 +629,8 @@ mod tests {
             assert!(err.is_none(), "{err:?}");
             assert!(got == body(50_000, 3));
             assert!(!t.has_buffered());
-        });
+        })
+        .unwrap();
         server.join().unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -649,7 +647,7 @@ mod tests {
                 s.write_all(&body(10, 5)).unwrap();
                 s.flush().unwrap();
             });
-            tokio_uring::start(async {
+            crate::rt::start(async {
                 let mut t = connect(
                     addr, &dir, b"go
 ",
@@ -673,7 +671,8 @@ mod tests {
                 res.unwrap();
                 let (got, _) = read_all(&mut t, 10, 256 * 1024, 10).await;
                 assert_eq!(got, body(10, 5));
-            });
+            })
+            .unwrap();
             server.join().unwrap();
         }
         let _ = std::fs::remove_dir_all(dir);
@@ -697,7 +696,7 @@ mod tests {
                 // Keep the connection open until the client is done.
                 let _ = s.sock.sock.read(&mut [0u8; 1]);
             });
-            tokio_uring::start(async {
+            crate::rt::start(async {
                 let mut t = connect(
                     addr, &dir, b"go
 ",
@@ -709,7 +708,8 @@ mod tests {
                 assert_eq!(err.kind(), io::ErrorKind::InvalidData);
                 assert!(err.to_string().contains("bad_record_mac"), "{err}");
                 t.shutdown();
-            });
+            })
+            .unwrap();
             server.join().unwrap();
         }
         let _ = std::fs::remove_dir_all(dir);
