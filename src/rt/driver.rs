@@ -172,10 +172,12 @@ impl Driver {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ENOMEM)
                 ) =>
             {
-                // Timed out, interrupted, or completions to reap before more can be posted.
+                // Timed out or interrupted; or completions to reap before more can be posted,
+                // or the kernel short of memory for submissions for now: the turn goes on,
+                // and what was not submitted stays queued for the next.
                 Ok(())
             }
             r => r,
