@@ -24,7 +24,7 @@ const ENTRIES: u32 = 256;
 const CANCEL: u64 = u64::MAX;
 
 /// A worker's ring.
-pub struct Ring {
+pub(super) struct Ring {
     ring: IoUring,
 }
 
@@ -33,7 +33,7 @@ impl Ring {
     /// only when this thread waits on the ring, in one batch, instead of interrupting it; with
     /// `COOP_TASKRUN` (5.19+) it runs at its next system call; else as the kernel does it.
     /// Waits with a timeout need `IORING_FEAT_EXT_ARG` (5.11+).
-    pub fn new() -> io::Result<Ring> {
+    pub(super) fn new() -> io::Result<Ring> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()

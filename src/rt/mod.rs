@@ -23,7 +23,7 @@ pub mod time;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
@@ -31,7 +31,7 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use slab::Slab;
 
-pub use driver::Ring;
+use driver::Ring;
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -110,9 +110,10 @@ pub fn spawn(f: impl Future<Output = ()> + 'static) {
 }
 
 /// Lets the other runnable tasks run before this one goes on.
-pub async fn yield_now() {
+#[cfg(test)]
+pub(crate) async fn yield_now() {
     let mut yielded = false;
-    poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         if yielded {
             return Poll::Ready(());
         }
@@ -207,6 +208,7 @@ fn drop_tasks() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
     use std::rc::Rc;
     use std::time::Duration;
 

@@ -141,12 +141,6 @@ impl TcpStream {
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         SockRef::from(&*self.fd).set_nodelay(on)
     }
-
-    /// The socket's descriptor, shared: an operation or registration that holds it keeps
-    /// it open.
-    pub fn shared_fd(&self) -> Rc<OwnedFd> {
-        Rc::clone(&self.fd)
-    }
 }
 
 impl AsRawFd for TcpStream {
@@ -306,9 +300,9 @@ mod tests {
 
     #[test]
     fn readiness_is_reported() {
-        let (ours, mut theirs) = pair();
+        let (ours, mut theirs) = std_pair();
         start(async move {
-            let fd = ours.shared_fd();
+            let fd = Rc::new(OwnedFd::from(ours));
             spawn(async move {
                 time::sleep(Duration::from_millis(5)).await;
                 theirs.write_all(b"x").unwrap();
@@ -341,8 +335,8 @@ mod tests {
             for t in &mut theirs {
                 t.write_all(b"k").unwrap();
             }
-            let (ours, _keep) = pair();
-            let fd = ours.shared_fd();
+            let (ours, _keep) = std_pair();
+            let fd = Rc::new(OwnedFd::from(ours));
             for _ in 0..1200 {
                 let (fd, done) = (Rc::clone(&fd), Rc::clone(&done));
                 spawn(async move {
@@ -361,9 +355,14 @@ mod tests {
     }
 
     fn pair() -> (TcpStream, std::net::TcpStream) {
+        let (ours, theirs) = std_pair();
+        (TcpStream::from_std(ours), theirs)
+    }
+
+    fn std_pair() -> (std::net::TcpStream, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (theirs, _) = l.accept().unwrap();
-        (TcpStream::from_std(ours), theirs)
+        (ours, theirs)
     }
 }
