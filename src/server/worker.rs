@@ -1,7 +1,7 @@
 //! One worker: an io_uring runtime (`crate::rt`) on its own thread, its listeners, and its
-//! per-worker state (upstream pool, manifest cache, counters). The state is `!Send` and lock-free; a
-//! reload builds a new generation of it, which new requests use while requests in flight
-//! finish on the one they started with.
+//! per-worker state (upstream pool, manifest cache, counters). The state is `!Send` and
+//! lock-free; a reload builds a new generation of it, which new requests use while requests
+//! in flight finish on the one they started with.
 
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
