@@ -155,17 +155,10 @@ impl Driver {
     /// Submits what is queued and, as `wait` says, waits for a completion.
     fn enter(&mut self, wait: Wait) -> io::Result<()> {
         let res = match wait {
-            Wait::No => self.poll_completions(),
+            Wait::No => self.wait_up_to(Duration::ZERO),
             Wait::Forever => self.ring.submit_and_wait(1).map(drop),
             Wait::Until(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    self.poll_completions()
-                } else {
-                    let ts = types::Timespec::from(left);
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    self.ring.submitter().submit_with_args(1, &args).map(drop)
-                }
+                self.wait_up_to(deadline.saturating_duration_since(Instant::now()))
             }
         };
         match res {
@@ -184,10 +177,11 @@ impl Driver {
         }
     }
 
-    /// Submits and collects completions without waiting: under `DEFER_TASKRUN` completions
-    /// are posted only when the ring is entered for them, so this enters with a zero timeout.
-    fn poll_completions(&mut self) -> io::Result<()> {
-        let ts = types::Timespec::new();
+    /// Submits and waits up to `left` for a completion; with no time left, only collects
+    /// what has come (under `DEFER_TASKRUN` completions are posted only when the ring is
+    /// entered for them, so even that enters the kernel).
+    fn wait_up_to(&mut self, left: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(left);
         let args = types::SubmitArgs::new().timespec(&ts);
         self.ring.submitter().submit_with_args(1, &args).map(drop)
     }
