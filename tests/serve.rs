@@ -410,6 +410,32 @@ fn a_wrong_secret_is_refused_by_s3_and_answered_502() {
 }
 
 #[test]
+fn an_s3_block_of_a_bucket_alone_takes_endpoint_and_keys_from_the_aws_environment() {
+    let s3 = S3::start();
+    let pkg = upload_package(&s3, "p", bytes(1000, 1), vec![("a", bytes(10, 2))]);
+    let conf = format!(
+        "error_log stderr info;\nhttp {{\n listen 127.0.0.1:0;\n s3 apks {{ bucket {BUCKET}; }}\n location /apk/ {{ composite apks; }}\n}}\n"
+    );
+    let endpoint = s3.endpoint();
+    let env = |secret| {
+        [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", AK),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ]
+    };
+    // s3s-fs checks every signature: the keys signed with are the environment's.
+    let tg = Tailgate::start_with_env(&conf, &env(SK));
+    let r = tg.get("/apk/p/a.apk", &[]);
+    assert_eq!(r.status, 200, "{}", tg.log());
+    assert_eq!(r.body, pkg.full("a"));
+    let tg = Tailgate::start_with_env(&conf, &env("not-the-secret"));
+    assert_eq!(tg.get("/apk/p/a.apk", &[]).status, 502);
+    assert!(tg.log().contains("status 403"), "{}", tg.log());
+}
+
+#[test]
 fn s3_down_before_the_head_is_a_502() {
     // A port that is bound but not listening: connections are refused, and no server a
     // parallel test starts can take it (a port merely found free could be).

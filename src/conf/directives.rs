@@ -21,7 +21,7 @@ pub(super) fn parse(src: &str, env: &dyn Env) -> Result<Config, Error> {
     let last_line = tokens.last().map_or(1, |t| t.line);
     let mut iter = tokens.into_iter().peekable();
     let nodes = tree(&mut iter, None)?;
-    main(&nodes, last_line)
+    main(&nodes, last_line, env)
 }
 
 struct Node {
@@ -233,7 +233,7 @@ fn value<T>(
 
 // === main and http ===
 
-fn main(nodes: &[Node], last_line: usize) -> Result<Config, Error> {
+fn main(nodes: &[Node], last_line: usize, env: &dyn Env) -> Result<Config, Error> {
     check_block(nodes, Ctx::Main)?;
     let worker_threads = value(nodes, "worker_threads", 0, |v| {
         if v == "auto" {
@@ -274,7 +274,7 @@ fn main(nodes: &[Node], last_line: usize) -> Result<Config, Error> {
     let Some(http_node) = find(nodes, "http") else {
         return Err((last_line, "no \"http\" block".into()));
     };
-    let http = http(http_node)?;
+    let http = http(http_node, env)?;
     Ok(Config {
         worker_threads,
         error_log,
@@ -284,7 +284,7 @@ fn main(nodes: &[Node], last_line: usize) -> Result<Config, Error> {
     })
 }
 
-fn http(node: &Node) -> Result<Http, Error> {
+fn http(node: &Node, env: &dyn Env) -> Result<Http, Error> {
     let nodes = node.block.as_deref().unwrap_or(&[]);
     check_block(nodes, Ctx::Http)?;
     let mut listen = Vec::new();
@@ -302,7 +302,7 @@ fn http(node: &Node) -> Result<Http, Error> {
         if s3.iter().any(|s: &S3| s.name == n.args[0]) {
             return Err((n.line, format!("duplicate s3 block \"{}\"", n.args[0])));
         }
-        s3.push(s3_block(n)?);
+        s3.push(s3_block(n, env)?);
     }
     let mut locations: Vec<Location> = Vec::new();
     for n in nodes.iter().filter(|n| n.name == "location") {
@@ -413,21 +413,61 @@ fn location(node: &Node, s3: &[S3]) -> Result<Location, Error> {
     Ok(Location { matcher, handler })
 }
 
-fn s3_block(node: &Node) -> Result<S3, Error> {
+/// An `s3` block. What it leaves out is found the way AWS tools find it: the region in
+/// `AWS_REGION` (else `us-east-1`), the endpoint in `AWS_ENDPOINT_URL` (else AWS's regional
+/// one), the keys in `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` with
+/// `AWS_SESSION_TOKEN` beside them; only the bucket must be given.
+fn s3_block(node: &Node, env: &dyn Env) -> Result<S3, Error> {
     let nodes = node.block.as_deref().unwrap_or(&[]);
     check_block(nodes, Ctx::S3)?;
-    let required = |name: &str| -> Result<&Node, Error> {
-        find(nodes, name).ok_or_else(|| {
-            (
-                node.line,
-                format!("no \"{name}\" directive in s3 block \"{}\"", node.args[0]),
-            )
-        })
+    let name = &node.args[0];
+    let plain = |v: &str| -> Result<String, String> {
+        if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
+            Err("empty value or control characters".into())
+        } else {
+            Ok(v.to_string())
+        }
     };
-    let endpoint_node = required("endpoint")?;
-    let endpoint = endpoint(&endpoint_node.args[0])
-        .map_err(|m| (endpoint_node.line, format!("{m} in \"endpoint\" directive")))?;
-    let bucket = required("bucket")?.args[0].clone();
+    // A variable of the environment, set and not empty, checked as `plain` does.
+    let from_env = |var: &str| -> Result<Option<String>, Error> {
+        match env.var(var).filter(|v| !v.is_empty()) {
+            Some(v) => plain(&v)
+                .map(Some)
+                .map_err(|m| (node.line, format!("{m} in {var} (for s3 block \"{name}\")"))),
+            None => Ok(None),
+        }
+    };
+    let region = match value(nodes, "region", None, |v| plain(v).map(Some))? {
+        Some(r) => r,
+        None => from_env("AWS_REGION")?.unwrap_or_else(|| "us-east-1".to_string()),
+    };
+    let (endpoint, endpoint_line) = match find(nodes, "endpoint") {
+        Some(n) => (
+            endpoint(&n.args[0]).map_err(|m| (n.line, format!("{m} in \"endpoint\" directive")))?,
+            n.line,
+        ),
+        None => {
+            let (url, origin) = match from_env("AWS_ENDPOINT_URL")? {
+                Some(url) => (url, "AWS_ENDPOINT_URL"),
+                None => (aws_endpoint(&region), "the default endpoint"),
+            };
+            let e = endpoint(&url).map_err(|m| {
+                (
+                    node.line,
+                    format!("{m} in {origin} (for s3 block \"{name}\")"),
+                )
+            })?;
+            (e, node.line)
+        }
+    };
+    let Some(bucket) = find(nodes, "bucket") else {
+        return Err((
+            node.line,
+            format!("no \"bucket\" directive in s3 block \"{name}\""),
+        ));
+    };
+    let bucket = plain(&bucket.args[0])
+        .map_err(|m| (bucket.line, format!("{m} in \"bucket\" directive")))?;
     let addressing = value(nodes, "addressing", Addressing::Path, |v| match v {
         "path" => Ok(Addressing::Path),
         "virtual" => Ok(Addressing::Virtual),
@@ -436,7 +476,7 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
     // Where a failure to resolve the host is reported: with virtual-hosted addressing the
     // name is the bucket's (a provider may serve buckets from addresses of their own).
     let line = match addressing {
-        Addressing::Path => endpoint_node.line,
+        Addressing::Path => endpoint_line,
         Addressing::Virtual => {
             let line = find(nodes, "addressing").map_or(node.line, |n| n.line);
             if endpoint.host.parse::<std::net::IpAddr>().is_ok() {
@@ -448,12 +488,42 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
             line
         }
     };
-    let plain = |v: &str| -> Result<String, String> {
-        if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
-            Err("empty value or control characters".into())
-        } else {
-            Ok(v.to_string())
-        }
+    let given = |directive: &str| -> Result<Option<String>, Error> {
+        value(nodes, directive, None, |v| plain(v).map(Some))
+    };
+    // The keys come as a pair, from the block or from the environment, and a session token
+    // from where they came unless the block names one.
+    let (access_key_id, secret_access_key, env_token) =
+        match (given("access_key_id")?, given("secret_access_key")?) {
+            (Some(id), Some(secret)) => (id, secret, None),
+            (None, None) => match (
+                from_env("AWS_ACCESS_KEY_ID")?,
+                from_env("AWS_SECRET_ACCESS_KEY")?,
+            ) {
+                (Some(id), Some(secret)) => (id, secret, from_env("AWS_SESSION_TOKEN")?),
+                _ => {
+                    return Err((
+                        node.line,
+                        format!(
+                            "s3 block \"{name}\" has no credentials: \"access_key_id\" and \
+                             \"secret_access_key\", or AWS_ACCESS_KEY_ID and \
+                             AWS_SECRET_ACCESS_KEY in the environment"
+                        ),
+                    ))
+                }
+            },
+            (Some(_), None) | (None, Some(_)) => {
+                return Err((
+                    node.line,
+                    format!(
+                        "s3 block \"{name}\" needs both \"access_key_id\" and \"secret_access_key\""
+                    ),
+                ))
+            }
+        };
+    let session_token = match given("session_token")? {
+        Some(t) => Some(t),
+        None => env_token,
     };
     let tls_ca_file = value(nodes, "tls_ca_file", None, |v| Ok(Some(PathBuf::from(v))))?;
     if tls_ca_file.is_some() && endpoint.scheme == Scheme::Http {
@@ -464,14 +534,12 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
     let mut s3 = S3 {
         name: node.args[0].clone(),
         endpoint,
-        region: value(nodes, "region", "us-east-1".to_string(), plain)?,
-        bucket: plain(&bucket).map_err(|m| (node.line, m))?,
+        region,
+        bucket,
         addressing,
-        access_key_id: plain(&required("access_key_id")?.args[0])
-            .map_err(|m| (node.line, format!("{m} in \"access_key_id\"")))?,
-        secret_access_key: plain(&required("secret_access_key")?.args[0])
-            .map_err(|m| (node.line, format!("{m} in \"secret_access_key\"")))?,
-        session_token: value(nodes, "session_token", None, |v| plain(v).map(Some))?,
+        access_key_id,
+        secret_access_key,
+        session_token,
         tls_ca_file,
         connect_timeout: value(nodes, "connect_timeout", secs(5), time)?,
         read_timeout: value(nodes, "read_timeout", secs(30), time)?,
@@ -499,6 +567,11 @@ fn s3_block(node: &Node) -> Result<S3, Error> {
         return Err((line, format!("\"{host}\" resolves to no address")));
     }
     Ok(s3)
+}
+
+/// AWS's S3 endpoint for `region`.
+fn aws_endpoint(region: &str) -> String {
+    format!("https://s3.{region}.amazonaws.com")
 }
 
 // === value parsers ===
@@ -901,6 +974,113 @@ mod tests {
         ] {
             assert!(endpoint(bad).is_err(), "{bad}");
         }
+    }
+
+    /// An environment of the given variables only.
+    struct Vars(&'static [(&'static str, &'static str)]);
+    impl Env for Vars {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn s3_with(block: &str, env: &Vars) -> Result<S3, String> {
+        let src = format!("http {{\n listen 1;\n s3 b {{ {block} }}\n}}\n");
+        Config::parse("t.conf", &src, env)
+            .map(|c| c.http.s3[0].clone())
+            .map_err(|e| e.to_string())
+    }
+
+    const AWS_ENV: Vars = Vars(&[
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        ("AWS_ACCESS_KEY_ID", "ENVKEY"),
+        ("AWS_SECRET_ACCESS_KEY", "envsecret"),
+        ("AWS_SESSION_TOKEN", "envtoken"),
+    ]);
+
+    #[test]
+    fn an_s3_block_takes_what_it_leaves_out_from_the_aws_environment() {
+        let s = s3_with("bucket apks;", &AWS_ENV).unwrap();
+        assert_eq!(s.region, "eu-west-1");
+        assert_eq!(
+            (s.endpoint.scheme, s.endpoint.host.as_str(), s.endpoint.port),
+            (Scheme::Http, "127.0.0.1", 9000)
+        );
+        assert!(!s.endpoint.addrs.is_empty());
+        assert_eq!(
+            (
+                s.access_key_id.as_str(),
+                s.secret_access_key.as_str(),
+                s.session_token.as_deref()
+            ),
+            ("ENVKEY", "envsecret", Some("envtoken"))
+        );
+    }
+
+    #[test]
+    fn what_an_s3_block_says_wins_over_the_environment() {
+        let s = s3_with(
+            "endpoint http://127.0.0.1:9001; region r1; bucket apks; access_key_id AK; secret_access_key SK;",
+            &AWS_ENV,
+        )
+        .unwrap();
+        assert_eq!(s.region, "r1");
+        assert_eq!(s.endpoint.port, 9001);
+        // The environment's token belongs to the environment's keys.
+        assert_eq!(
+            (
+                s.access_key_id.as_str(),
+                s.secret_access_key.as_str(),
+                s.session_token
+            ),
+            ("AK", "SK", None)
+        );
+        let s = s3_with(
+            "endpoint http://127.0.0.1:9001; bucket apks; access_key_id AK; secret_access_key SK; session_token T;",
+            &AWS_ENV,
+        )
+        .unwrap();
+        assert_eq!(s.session_token.as_deref(), Some("T"));
+        assert_eq!(
+            aws_endpoint("eu-west-1"),
+            "https://s3.eu-west-1.amazonaws.com"
+        );
+    }
+
+    #[test]
+    fn an_s3_block_without_keys_or_bucket_is_refused_at_its_line() {
+        let none = Vars(&[]);
+        let at = "endpoint http://127.0.0.1:9000; bucket apks;";
+        assert_eq!(
+            s3_with(at, &none).unwrap_err(),
+            "t.conf:3: s3 block \"b\" has no credentials: \"access_key_id\" and \
+             \"secret_access_key\", or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the \
+             environment"
+        );
+        // Half of a pair is not completed from the environment.
+        assert_eq!(
+            s3_with(&format!("{at} access_key_id AK;"), &AWS_ENV).unwrap_err(),
+            "t.conf:3: s3 block \"b\" needs both \"access_key_id\" and \"secret_access_key\""
+        );
+        let only_id = Vars(&[("AWS_ACCESS_KEY_ID", "K"), ("AWS_SECRET_ACCESS_KEY", "")]);
+        assert!(s3_with(at, &only_id)
+            .unwrap_err()
+            .contains("has no credentials"));
+        assert_eq!(
+            s3_with("endpoint http://127.0.0.1:9000;", &AWS_ENV).unwrap_err(),
+            "t.conf:3: no \"bucket\" directive in s3 block \"b\""
+        );
+        let bad = Vars(&[("AWS_ENDPOINT_URL", "127.0.0.1:9000")]);
+        assert!(s3_with("bucket apks;", &bad)
+            .unwrap_err()
+            .starts_with("t.conf:3: "));
+        assert!(s3_with("bucket apks;", &bad)
+            .unwrap_err()
+            .ends_with("in AWS_ENDPOINT_URL (for s3 block \"b\")"));
     }
 
     #[test]

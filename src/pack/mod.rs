@@ -274,30 +274,16 @@ fn s3_from_conf(path: &Path, name: Option<&str>) -> Result<S3, String> {
     }
 }
 
-/// S3 the way AWS tools find it, through the same conf parser (so the same checks apply).
+/// S3 the way AWS tools find it: an `s3` block of a bucket alone, which takes the rest from
+/// the environment as `serve` does (so the same defaults and checks apply).
 fn s3_from_env(env: &dyn Env) -> Result<S3, String> {
-    let need = |n: &str| {
-        env.var(n)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("{n} is not set (or use -c FILE)"))
-    };
-    need("AWS_ENDPOINT_URL")?;
-    need("AWS_ACCESS_KEY_ID")?;
-    need("AWS_SECRET_ACCESS_KEY")?;
-    let region = env
-        .var("AWS_REGION")
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "us-east-1".into());
-    let token = if env.var("AWS_SESSION_TOKEN").is_some_and(|v| !v.is_empty()) {
-        "session_token $AWS_SESSION_TOKEN;"
-    } else {
-        ""
-    };
-    let src = format!(
-        "http {{ listen 127.0.0.1:0; s3 env {{ endpoint $AWS_ENDPOINT_URL; region \"{region}\"; bucket placeholder; \
-         access_key_id $AWS_ACCESS_KEY_ID; secret_access_key $AWS_SECRET_ACCESS_KEY; {token} }} }}"
-    );
-    let conf = Config::parse("environment", &src, env).map_err(|e| e.msg)?;
+    for n in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        if env.var(n).is_none_or(|v| v.is_empty()) {
+            return Err(format!("{n} is not set (or use -c FILE)"));
+        }
+    }
+    let src = "http { listen 127.0.0.1:0; s3 env { bucket placeholder; } }";
+    let conf = Config::parse("environment", src, env).map_err(|e| e.msg)?;
     conf.http
         .s3
         .into_iter()
@@ -357,6 +343,16 @@ mod tests {
                 s3.region.as_str()
             ),
             ("AK", 9000, "us-east-1")
+        );
+        struct NoKeys;
+        impl Env for NoKeys {
+            fn var(&self, n: &str) -> Option<String> {
+                (n == "AWS_ENDPOINT_URL").then(|| "http://127.0.0.1:9000".into())
+            }
+        }
+        assert_eq!(
+            s3_from_env(&NoKeys).unwrap_err(),
+            "AWS_ACCESS_KEY_ID is not set (or use -c FILE)"
         );
     }
 

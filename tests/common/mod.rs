@@ -337,17 +337,22 @@ pub fn conf(endpoint: &str, secret: &str, extra_http: &str, extra_s3: &str) -> S
 
 impl Tailgate {
     pub fn start(conf: &str) -> Tailgate {
-        Self::start_in(conf, None)
+        Self::start_in(conf, None, &[])
     }
 
     /// With `hosts` in place of `/etc/hosts` for tailgate alone, and names looked up there
     /// only (both bind-mounted in a mount namespace of its own, which takes root): names
     /// that the test can point elsewhere while tailgate runs, by rewriting `hosts` in place.
     pub fn start_with_hosts(conf: &str, hosts: &Path) -> Tailgate {
-        Self::start_in(conf, Some(hosts))
+        Self::start_in(conf, Some(hosts), &[])
     }
 
-    fn start_in(conf: &str, hosts: Option<&Path>) -> Tailgate {
+    /// With `env` added to the environment tailgate starts in.
+    pub fn start_with_env(conf: &str, env: &[(&str, &str)]) -> Tailgate {
+        Self::start_in(conf, None, env)
+    }
+
+    fn start_in(conf: &str, hosts: Option<&Path>, env: &[(&str, &str)]) -> Tailgate {
         let dir = TempDir::new("tg");
         let conf_path = dir.path().join("tailgate.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -373,6 +378,7 @@ impl Tailgate {
             }
         };
         let child = cmd
+            .envs(env.iter().copied())
             .args(["serve", "-c"])
             .arg(&conf_path)
             .stdout(Stdio::null())
