@@ -3,8 +3,10 @@
 //! connection is never left with a read pending (under io_uring a parked read would swallow
 //! the next response); instead its liveness is checked with a non-blocking
 //! `recv(MSG_PEEK)` at checkout (unless it was returned within the last second) and by a
-//! periodic sweep, so a peer's FIN is noticed and the
-//! socket closed (no CLOSE-WAIT) even when nobody asks for it.
+//! periodic sweep, so a peer's FIN is noticed and the socket closed (no CLOSE-WAIT) even
+//! when nobody asks for it. On TLS the bytes found are read and opened: session tickets
+//! and KeyUpdates a server sends after a response keep the connection, anything else ends
+//! it ([`Transport::settle_idle`]).
 
 use std::time::Duration;
 
@@ -49,9 +51,9 @@ impl Pool {
     pub fn checkout(&mut self, key: usize, now: Tick, timeout: Duration) -> Option<Transport> {
         loop {
             let newest = self.stacks.get_mut(key)?.pop()?;
-            let c = self.idle.try_remove(newest)?;
+            let mut c = self.idle.try_remove(newest)?;
             let idle = now.saturating_duration_since(c.since);
-            if idle < timeout && (idle < FRESH || alive(&c.transport)) {
+            if idle < timeout && (idle < FRESH || c.transport.settle_idle()) {
                 return Some(c.transport);
             }
             c.transport.shutdown();
@@ -59,14 +61,14 @@ impl Pool {
     }
 
     /// Keeps `transport` for reuse unless `key` already has `max` idle connections.
-    pub fn checkin(&mut self, key: usize, transport: Transport, max: usize, now: Tick) {
+    pub fn checkin(&mut self, key: usize, mut transport: Transport, max: usize, now: Tick) {
         if self.stacks.len() <= key {
             self.stacks.resize_with(key + 1, Vec::new);
         }
         let Some(stack) = self.stacks.get_mut(key) else {
             return;
         };
-        if stack.len() >= max || transport.has_buffered() {
+        if stack.len() >= max || (transport.has_buffered() && !transport.settle_idle()) {
             transport.shutdown();
             return;
         }
@@ -80,8 +82,8 @@ impl Pool {
     /// Closes every connection that expired (per `timeout_of` its key) or whose peer closed.
     pub fn sweep(&mut self, now: Tick, timeout_of: impl Fn(usize) -> Duration) {
         self.idle.retain(|_, c| {
-            let keep =
-                now.saturating_duration_since(c.since) < timeout_of(c.key) && alive(&c.transport);
+            let keep = now.saturating_duration_since(c.since) < timeout_of(c.key)
+                && c.transport.settle_idle();
             if !keep {
                 c.transport.shutdown();
             }
@@ -120,27 +122,6 @@ impl Pool {
 
     pub fn idle_count(&self) -> usize {
         self.idle.len()
-    }
-}
-
-/// An idle connection is alive when a non-blocking peek finds nothing to read: a FIN (0),
-/// unexpected bytes, or an error all mean it must not be reused.
-#[allow(unsafe_code)]
-fn alive(t: &Transport) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the fd is owned by `t`, which outlives this call; the buffer is one valid byte;
-    // MSG_DONTWAIT makes the call non-blocking and MSG_PEEK leaves the socket's data alone.
-    let n = unsafe {
-        libc::recv(
-            t.raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && {
-        let err = std::io::Error::last_os_error();
-        err.kind() == std::io::ErrorKind::WouldBlock
     }
 }
 

@@ -6,9 +6,12 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
+use rustix::buffer::spare_capacity;
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
@@ -121,8 +124,10 @@ impl Transport {
         }
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.stream().as_raw_fd()
+    /// The socket's descriptor number, which tests compare.
+    #[cfg(test)]
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.stream())
     }
 
     /// The address this connection was made to.
@@ -137,6 +142,24 @@ impl Transport {
         match self {
             Transport::Plain(s) => s,
             Transport::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Whether an idle connection can take a request: nothing came on it but TLS records
+    /// that carry no data, which are opened here (a TLS 1.3 server sends session tickets
+    /// and KeyUpdates when it likes, after a response too). Any byte on a plain connection,
+    /// data, a close, an error or the end of the stream mean it cannot. Never blocks.
+    pub fn settle_idle(&mut self) -> bool {
+        match self {
+            Transport::Plain(s) => {
+                let mut byte = [0u8; 1];
+                let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+                matches!(
+                    rustix::net::recv(&*s, &mut byte[..], peek),
+                    Err(Errno::AGAIN)
+                )
+            }
+            Transport::Tls(t) => t.settle_idle(),
         }
     }
 
@@ -299,6 +322,38 @@ impl Tls {
             }
             Err(e) => (Err(e), buf),
         }
+    }
+
+    /// See [`Transport::settle_idle`]. Reads what two records can fill at most; the start of
+    /// a record waits in `carry` for the next read, which opens what follows it.
+    fn settle_idle(&mut self) -> bool {
+        if self.closed || self.failed.is_some() || self.plain_pos < self.plain.len() {
+            return false;
+        }
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.reserve(2 * record::MAX_RECORD);
+        match rustix::net::recv(&self.sock, spare_capacity(&mut buf), RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return false,
+            Ok(_) | Err(Errno::AGAIN) => {}
+            Err(_) => return false,
+        }
+        let mut r = 0;
+        loop {
+            match record::record_len(&buf[r..]) {
+                Ok(Some(len)) if r + len <= buf.len() => {
+                    let opened = self.session.open(&mut buf, r, r);
+                    if !matches!(opened, Ok(Opened::Control | Opened::Data(0))) {
+                        return false;
+                    }
+                    r += len;
+                }
+                Ok(_) => break,
+                Err(_) => return false,
+            }
+        }
+        // Only a record's start is kept, not the room read into.
+        self.carry = buf[r..].to_vec();
+        true
     }
 
     /// Moves opened plaintext into `buf`, up to `end`.
@@ -629,6 +684,63 @@ mod tests {
             assert!(err.is_none(), "{err:?}");
             assert!(got == body(50_000, 3));
             assert!(!t.has_buffered());
+        })
+        .unwrap();
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Waits up to 5 s for a byte to read on `t`'s socket.
+    async fn readable(t: &Transport) {
+        let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        for _ in 0..1000 {
+            if let Ok((1, _)) = rustix::net::recv(t.stream(), &mut [0u8; 1][..], peek) {
+                return;
+            }
+            crate::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("nothing came");
+    }
+
+    #[test]
+    fn records_without_data_on_an_idle_connection_leave_it_usable() {
+        let dir = certs("idle");
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (addr, server) = serve(&dir, &rustls::version::TLS13, move |s| {
+            assert_eq!(read_line(s), b"one");
+            s.write_all(&body(1000, 1)).unwrap();
+            s.flush().unwrap();
+            // Once the client has read the response: a KeyUpdate that asks for one back.
+            wait.recv().unwrap();
+            s.conn.refresh_traffic_keys().unwrap();
+            s.flush().unwrap();
+            let before = s.sock.seen.len();
+            assert_eq!(read_line(s), b"two");
+            assert_eq!(records(&s.sock.seen[before..]), 2);
+            s.write_all(&body(1000, 2)).unwrap();
+            s.flush().unwrap();
+            wait.recv().unwrap();
+            s.write_all(b"unasked").unwrap();
+            s.flush().unwrap();
+            let _ = wait.recv();
+        });
+        crate::rt::start(async {
+            let mut t = connect(addr, &dir, b"one\n").await;
+            let (got, err) = read_all(&mut t, 1000, 64 * 1024, usize::MAX).await;
+            assert!(err.is_none() && got == body(1000, 1), "{err:?}");
+            assert!(t.settle_idle(), "nothing has come");
+            go.send(()).unwrap();
+            readable(&t).await;
+            assert!(t.settle_idle(), "a KeyUpdate leaves the connection usable");
+            assert!(!t.has_buffered());
+            let (res, _) = t.write_all(b"two\n".to_vec()).await;
+            res.unwrap();
+            let (got, err) = read_all(&mut t, 1000, 64 * 1024, usize::MAX).await;
+            assert!(err.is_none() && got == body(1000, 2), "{err:?}");
+            go.send(()).unwrap();
+            readable(&t).await;
+            assert!(!t.settle_idle(), "data nobody asked for ends it");
+            go.send(()).unwrap();
         })
         .unwrap();
         server.join().unwrap();
