@@ -521,10 +521,7 @@ fn s3_block(node: &Node, env: &dyn Env) -> Result<S3, Error> {
                 ))
             }
         };
-    let session_token = match given("session_token")? {
-        Some(t) => Some(t),
-        None => env_token,
-    };
+    let session_token = given("session_token")?.or(env_token);
     let tls_ca_file = value(nodes, "tls_ca_file", None, |v| Ok(Some(PathBuf::from(v))))?;
     if tls_ca_file.is_some() && endpoint.scheme == Scheme::Http {
         if let Some(n) = find(nodes, "tls_ca_file") {
