@@ -151,14 +151,7 @@ impl Transport {
     /// data, a close, an error or the end of the stream mean it cannot. Never blocks.
     pub fn settle_idle(&mut self) -> bool {
         match self {
-            Transport::Plain(s) => {
-                let mut byte = [0u8; 1];
-                let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-                matches!(
-                    rustix::net::recv(&*s, &mut byte[..], peek),
-                    Err(Errno::AGAIN)
-                )
-            }
+            Transport::Plain(s) => matches!(waiting(s), Waiting::Nothing),
             Transport::Tls(t) => t.settle_idle(),
         }
     }
@@ -169,6 +162,23 @@ impl Transport {
             Transport::Plain(_) => false,
             Transport::Tls(t) => !t.carry.is_empty() || t.plain_pos < t.plain.len(),
         }
+    }
+}
+
+/// What a non-blocking peek finds on an idle socket.
+enum Waiting {
+    Nothing,
+    Bytes,
+    /// The end of the stream or an error.
+    Gone,
+}
+
+fn waiting(sock: &TcpStream) -> Waiting {
+    let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    match rustix::net::recv(sock, &mut [0u8; 1][..], peek) {
+        Err(Errno::AGAIN) => Waiting::Nothing,
+        Ok((1, _)) => Waiting::Bytes,
+        _ => Waiting::Gone,
     }
 }
 
@@ -330,12 +340,20 @@ impl Tls {
         if self.closed || self.failed.is_some() || self.plain_pos < self.plain.len() {
             return false;
         }
+        // Records carried from the last read are opened even when nothing more came.
+        let more = match waiting(&self.sock) {
+            Waiting::Gone => return false,
+            Waiting::Nothing if self.carry.is_empty() => return true,
+            Waiting::Nothing => false,
+            Waiting::Bytes => true,
+        };
         let mut buf = std::mem::take(&mut self.carry);
-        buf.reserve(2 * record::MAX_RECORD);
-        match rustix::net::recv(&self.sock, spare_capacity(&mut buf), RecvFlags::DONTWAIT) {
-            Ok((0, _)) => return false,
-            Ok(_) | Err(Errno::AGAIN) => {}
-            Err(_) => return false,
+        if more {
+            buf.reserve(2 * record::MAX_RECORD);
+            let read = rustix::net::recv(&self.sock, spare_capacity(&mut buf), RecvFlags::DONTWAIT);
+            if !matches!(read, Ok((n, _)) if n > 0) {
+                return false;
+            }
         }
         let mut r = 0;
         loop {
@@ -692,9 +710,8 @@ mod tests {
 
     /// Waits up to 5 s for a byte to read on `t`'s socket.
     async fn readable(t: &Transport) {
-        let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
         for _ in 0..1000 {
-            if let Ok((1, _)) = rustix::net::recv(t.stream(), &mut [0u8; 1][..], peek) {
+            if let Waiting::Bytes = waiting(t.stream()) {
                 return;
             }
             crate::rt::time::sleep(std::time::Duration::from_millis(5)).await;
