@@ -12,6 +12,8 @@ cargo clippy --all-targets --quiet -- -D warnings
 (cd fuzz && cargo check --quiet)
 # So must the bench's bare relays (bench/floor, run by `BENCH_FLOOR=1 bench/run`).
 (cd bench/floor && cargo fmt -- --check && cargo clippy --quiet -- -D warnings)
+# And the harness itself must parse (it runs only by hand: bench/run).
+python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' bench/run
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
