@@ -1,7 +1,7 @@
 //! A worker's runtime: one io_uring ring and the tasks that use it, on one thread.
 //!
 //! tailgate ran on tokio with tokio-uring until measured against bare relays of the same
-//! bytes (bench/README.md, twenty-first session): their scheduler tick, park, I/O driver
+//! bytes (bench/HISTORY.md, twenty-first session): their scheduler tick, park, I/O driver
 //! turn and epoll wait on the ring's descriptor cost about 3.9 µs of a 4 KiB range's 53,
 //! and tokio-uring leaves no way to wait in `io_uring_enter` itself, which is what makes
 //! `IORING_SETUP_DEFER_TASKRUN` pay. This module is the least runtime that does the job:
